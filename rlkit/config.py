@@ -1,0 +1,295 @@
+"""Run configuration: frozen dataclasses loaded from YAML plus dotted command-line overrides.
+
+    cfg = load_config("configs/grpo_arith.yaml", ["train.steps=50", "algo.advantage=rloo"])
+
+A YAML file may list other YAML files under ``include:`` (paths relative to it); they are
+merged first, the including file wins.  Unknown keys fail with the closest valid name.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key and, where known, the file."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = "embedded:smollm2-135m-instruct"  # a local directory, a hub id, or embedded:NAME
+    dtype: str = "float32"            # weights in the trainer: float32 | bfloat16
+    autocast_bf16: bool = True        # bf16 autocast for forward/backward (fast on AVX512-BF16 / GPUs)
+    gradient_checkpointing: bool = False
+    reference: str | None = None      # reference policy for KL; None = the starting policy when kl_coef > 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    task: str = "arith"               # arith (built in) | jsonl
+    path: str | None = None           # jsonl/json/parquet file for task=jsonl, or a hub id
+    prompt_column: str = "prompt"
+    answer_column: str = "answer"
+    levels: tuple[int, ...] = (1,)    # arith difficulty levels to train on
+    eval_levels: tuple[int, ...] | None = None  # arith levels to evaluate on (None = levels)
+    num_train: int = 20000
+    num_eval: int = 200
+    instruction: str = ""             # appended to every question (arith)
+    system_prompt: str | None = None
+    chat_template: bool = True        # wrap the prompt in the tokenizer's chat template
+    max_prompt_tokens: int = 256
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    backend: str = "vllm"             # vllm | hf
+    num_samples: int = 8              # completions per prompt (the group size K)
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    top_p: float = 1.0
+    gpu_memory_utilization: float = 0.2
+    max_model_len: int = 512
+    enforce_eager: bool = True
+    dtype: str = "auto"               # vLLM weights dtype; auto = bfloat16 when the device supports it
+
+
+@dataclass(frozen=True)
+class AlgoConfig:
+    advantage: str = "grpo"           # registered estimator name (grpo, dr_grpo, rloo, ...)
+    advantage_kwargs: dict = field(default_factory=dict)  # extra keyword arguments of the estimator
+    loss: str = "ppo_clip"            # registered policy loss
+    loss_agg: str = "seq_mean_token_mean"
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    dual_clip: float | None = None
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    entropy_coef: float = 0.0
+    epochs: int = 1                   # passes over each rollout batch
+    mini_batches: int = 1             # optimizer steps per epoch
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 50
+    prompts_per_step: int = 8
+    micro_batch_size: int = 16        # sequences per forward/backward
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"     # constant | cosine | linear
+    seed: int = 0
+    output_dir: str = "runs/latest"
+    skip_zero_advantage: bool = True  # rows with all-zero advantages add no gradient: skip their backward
+    save_final: bool = True
+    threads: int | None = None        # torch CPU threads (None = torch default)
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    name: str = "single"              # single | deepspeed
+    device: str = "auto"              # auto | cpu | cuda
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    fn: str = "rewards.math:correctness"  # "module:attribute"
+    name: str | None = None
+    weight: float = 1.0
+    pool: bool = False                # score in worker processes with a per-row time limit
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RewardsConfig:
+    functions: tuple[RewardSpec, ...] = (RewardSpec(),)
+    fail_fast: bool = False
+    timeout_s: float = 10.0
+    num_workers: int = 2
+    accuracy_component: str | None = "correctness"  # component reported as accuracy
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    every: int = 0                    # evaluate every N steps (0 = only before and after)
+    before: bool = True
+    after: bool = True
+    max_new_tokens: int = 48
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    progress: bool = True
+    console_every: int = 1
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+# ---------------------------------------------------------------- loading
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read YAML (with ``include:``), apply ``a.b=value`` overrides, build and check a Config."""
+    raw: dict[str, Any] = _read_yaml(Path(path)) if path else {}
+    source = str(path) if path else "<defaults>"
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        key, value = item.split("=", 1)
+        _set_dotted(raw, key.strip().split("."), yaml.safe_load(value) if value.strip() else None)
+    cfg = _build(Config, raw, prefix="", source=source)
+    check_config(cfg)
+    return cfg
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: include cycle")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    merged: dict[str, Any] = {}
+    for inc in data.pop("include", []) or []:
+        _deep_merge(merged, _read_yaml(path.parent / inc, seen + (path.resolve(),)))
+    _deep_merge(merged, data)
+    return merged
+
+
+def _deep_merge(base: dict, extra: dict) -> None:
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _deep_merge(base[k], v)
+        else:
+            base[k] = v
+
+
+def _set_dotted(raw: dict, keys: list[str], value: Any) -> None:
+    node = raw
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {'.'.join(keys)}: {k} is not a section")
+    node[keys[-1]] = value
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {prefix or 'config'} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            hint = f"; did you mean {prefix}{close[0]!r}?" if close else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"{source}: unknown config key {prefix}{key!r}{hint}")
+        kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}", source)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".", source)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key, source)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        item_tp = args[0] if args else Any
+        if len(args) == 2 and args[1] is Ellipsis or len(args) == 1:
+            return tuple(_coerce(item_tp, v, f"{key}[{i}]", source) for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ConfigError(f"{source}: {key} needs {len(args)} values, got {value!r}")
+        return tuple(_coerce(a, v, f"{key}[{i}]", source) for i, (a, v) in enumerate(zip(args, value)))
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-5" as text
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp in (int, str, bool, float):
+        if tp is int and isinstance(value, bool) or not isinstance(value, tp):
+            raise ConfigError(f"{source}: {key} must be {tp.__name__}, got {value!r}")
+        return value
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key} must be a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def check_config(cfg: Config) -> None:
+    """Cross-field checks that a type alone cannot express."""
+    def bad(key: str, msg: str) -> None:
+        raise ConfigError(f"{key}: {msg}")
+
+    if cfg.rollout.backend not in ("vllm", "hf"):
+        bad("rollout.backend", f"unknown backend {cfg.rollout.backend!r}; choose vllm or hf")
+    if cfg.backend.name not in ("single", "deepspeed"):
+        bad("backend.name", f"unknown training backend {cfg.backend.name!r}; choose single or deepspeed")
+    if cfg.rollout.num_samples < 1:
+        bad("rollout.num_samples", "must be >= 1")
+    if cfg.train.prompts_per_step < 1 or cfg.train.micro_batch_size < 1:
+        bad("train", "prompts_per_step and micro_batch_size must be >= 1")
+    if cfg.algo.epochs < 1 or cfg.algo.mini_batches < 1:
+        bad("algo", "epochs and mini_batches must be >= 1")
+    batch = cfg.train.prompts_per_step * cfg.rollout.num_samples
+    if batch % cfg.algo.mini_batches:
+        bad("algo.mini_batches", f"must divide the rollout batch of {batch} sequences")
+    if cfg.data.task == "jsonl" and not cfg.data.path:
+        bad("data.path", "task 'jsonl' needs a data.path")
+    if cfg.data.task not in ("arith", "jsonl"):
+        bad("data.task", f"unknown task {cfg.data.task!r}; choose arith or jsonl")
+    if cfg.model.dtype not in ("float32", "bfloat16"):
+        bad("model.dtype", "choose float32 or bfloat16")
+    if cfg.train.lr_schedule not in ("constant", "cosine", "linear"):
+        bad("train.lr_schedule", "choose constant, cosine or linear")
+    if not cfg.rewards.functions:
+        bad("rewards.functions", "needs at least one reward function")
+
+
+def config_to_dict(cfg: Any) -> Any:
+    """Plain dict/list form (tuples as lists) for saving as YAML."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [config_to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: config_to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

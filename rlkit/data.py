@@ -1,0 +1,145 @@
+"""Prompt datasets: the built-in arithmetic task, JSONL / JSON / Parquet files and hub ids.
+
+Every row is a dict with at least ``prompt`` (text, or a list of chat messages) and usually
+``answer``; all other columns travel with the row to the reward functions.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and row."""
+
+
+def load_rows(cfg, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train rows, held-out eval rows) for ``cfg`` (a DataConfig)."""
+    if cfg.task == "arith":
+        from rlkit.tasks.arith import arith_split
+
+        eval_levels = cfg.eval_levels or cfg.levels
+        train = arith_split("train", cfg.num_train, levels=cfg.levels, seed=seed, instruction=cfg.instruction)
+        held = arith_split("eval", cfg.num_eval, levels=eval_levels, instruction=cfg.instruction)
+        return train, held
+    rows = read_records(cfg.path)
+    rows = [_normalise(r, cfg, cfg.path, i) for i, r in enumerate(rows)]
+    # Hold out a fixed slice (independent of the training seed) for evaluation.
+    order = list(range(len(rows)))
+    random.Random(1234).shuffle(order)
+    n_eval = min(cfg.num_eval, len(rows) // 5)
+    held = [rows[i] for i in order[:n_eval]]
+    train = [rows[i] for i in order[n_eval:]]
+    if not train:
+        raise DataError(f"{cfg.path}: no training rows left after holding out {n_eval} for evaluation")
+    return train, held
+
+
+def read_records(path: str) -> list[dict]:
+    """Rows of a .jsonl, .json (a list) or .parquet file, or of a hub data set id (``name:split``)."""
+    p = Path(path)
+    if p.suffix == ".jsonl":
+        if not p.exists():
+            raise DataError(f"data file not found: {path}")
+        rows = []
+        with p.open() as fh:
+            for line_no, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}, line {line_no}: invalid JSON ({exc.msg})") from exc
+        return rows
+    if p.suffix == ".json":
+        if not p.exists():
+            raise DataError(f"data file not found: {path}")
+        try:
+            data = json.loads(p.read_text())
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from exc
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+        return data
+    if p.suffix == ".parquet" or p.exists():
+        if not p.exists():
+            raise DataError(f"data file not found: {path}")
+        import datasets
+
+        return list(datasets.load_dataset("parquet", data_files=str(p), split="train"))
+    import datasets  # a hub id, only when the user names one
+
+    name, _, split = path.partition(":")
+    return list(datasets.load_dataset(name, split=split or "train"))
+
+
+def _normalise(row: Any, cfg, path: str, index: int) -> dict:
+    if not isinstance(row, dict):
+        raise DataError(f"{path}, row {index}: expected an object, got {type(row).__name__}")
+    if cfg.prompt_column not in row:
+        raise DataError(f"{path}, row {index}: missing prompt column {cfg.prompt_column!r} "
+                        f"(columns: {', '.join(map(str, row))})")
+    out = dict(row)
+    out["prompt"] = row[cfg.prompt_column]
+    if cfg.answer_column in row:
+        out["answer"] = row[cfg.answer_column]
+    return out
+
+
+def prompt_token_ids(rows: list[dict], tokenizer, cfg) -> list[list[int]]:
+    """Tokenize prompts, through the chat template when ``cfg.chat_template`` is set."""
+    out = []
+    for i, row in enumerate(rows):
+        prompt = row["prompt"]
+        if cfg.chat_template:
+            messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+            if cfg.system_prompt and messages[0].get("role") != "system":
+                messages = [{"role": "system", "content": cfg.system_prompt}] + messages
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:
+            if not isinstance(prompt, str):
+                raise DataError(f"row {i}: prompt is not text and data.chat_template is off")
+            ids = tokenizer(prompt)["input_ids"]
+        if len(ids) > cfg.max_prompt_tokens:
+            ids = ids[-cfg.max_prompt_tokens:]  # keep the end, where the question and template sit
+        out.append(ids)
+    return out
+
+
+class PromptSampler:
+    """Draws prompts in shuffled epochs from a seeded generator; its state makes resume exact."""
+
+    def __init__(self, rows: list[dict], seed: int):
+        if not rows:
+            raise DataError("no training rows")
+        self.rows = rows
+        self.seed = seed
+        self.epoch = 0
+        self.position = 0
+        self._order = self._shuffled(0)
+
+    def _shuffled(self, epoch: int) -> list[int]:
+        order = list(range(len(self.rows)))
+        random.Random(self.seed * 100_003 + epoch).shuffle(order)
+        return order
+
+    def next(self, n: int) -> list[dict]:
+        batch = []
+        while len(batch) < n:
+            if self.position == len(self._order):
+                self.epoch += 1
+                self.position = 0
+                self._order = self._shuffled(self.epoch)
+            batch.append(self.rows[self._order[self.position]])
+            self.position += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._order = self._shuffled(self.epoch)

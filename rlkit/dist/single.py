@@ -1,0 +1,147 @@
+"""The ``single`` training backend: one process, CPU or one GPU.
+
+Micro-batching with gradient accumulation, AdamW, gradient clipping, a warm-up + constant /
+cosine / linear LR schedule and optional bf16 autocast.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import tempfile
+from typing import Iterator
+
+import torch
+
+from rlkit.algorithms.losses import entropy_from_logits
+from rlkit.batch import RolloutBatch
+from rlkit.dist import LossFn, resolve_device
+from rlkit.models import load_causal_lm
+
+
+def lr_lambda(schedule: str, warmup: int, total: int):
+    """Multiplier of the base LR at optimizer step ``s`` (0-based)."""
+    def fn(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0 - progress  # linear
+    return fn
+
+
+def forward_logprobs(model, micro: RolloutBatch, with_entropy: bool, autocast: bool, entropy_grad: bool = False):
+    """Per-token log-probs ``[b, T]`` (aligned as in batch.py) and optionally entropies.
+
+    The LM head only runs on the positions that predict completion tokens (``logits_to_keep``),
+    which skips most of the prompt's share of the vocabulary projection.
+    """
+    ids = micro.input_ids
+    T = ids.shape[1]
+    first = int(micro.loss_mask.float().argmax(dim=1).min().item()) if micro.loss_mask.any() else T - 1
+    keep = T - first + 1  # logits at positions first-1 .. T-1 predict tokens first .. T
+    device_type = ids.device.type
+    ctx = torch.autocast(device_type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    with ctx:
+        logits = model(input_ids=ids, attention_mask=micro.attention_mask.long(), logits_to_keep=keep,
+                       use_cache=False).logits
+    logits = logits[:, :-1].float()                        # [b, keep-1, V] predicts ids[:, first:]
+    targets = ids[:, first:]                               # [b, keep-1]
+    token_lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    logp = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
+    logp = torch.cat([logp[:, :first], token_lp], dim=1)  # [b, T]
+    entropy = None
+    if with_entropy:
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            ent = entropy_from_logits(logits)
+        entropy = torch.cat([torch.zeros_like(logp[:, :first]), ent], dim=1)
+    return logp, entropy
+
+
+class SingleBackend:
+    def __init__(self, cfg, total_optimizer_steps: int):
+        from rlkit.models import resolve_model_path
+
+        self.cfg = cfg
+        self.device = resolve_device(cfg.backend.device)
+        if cfg.train.threads and self.device.type == "cpu":
+            torch.set_num_threads(cfg.train.threads)
+        self.model_path = resolve_model_path(cfg.model.path)
+        self.model = load_causal_lm(self.model_path, cfg.model.dtype, str(self.device),
+                                    cfg.model.gradient_checkpointing)
+        self.autocast = cfg.model.autocast_bf16 and cfg.model.dtype == "float32"
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, betas=tuple(cfg.train.betas),
+                                           weight_decay=cfg.train.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(cfg.train.lr_schedule, cfg.train.warmup_steps, total_optimizer_steps))
+        self.ref_model = None
+        if cfg.algo.kl_coef:
+            ref_path = resolve_model_path(cfg.model.reference or cfg.model.path)
+            self.ref_model = load_causal_lm(ref_path, cfg.model.dtype, str(self.device))
+            self.ref_model.requires_grad_(False)
+
+    def logprobs(self, batch: RolloutBatch, micro_batch_size: int) -> torch.Tensor:
+        return self._logprobs(self.model, batch, micro_batch_size)
+
+    def ref_logprobs(self, batch: RolloutBatch, micro_batch_size: int) -> torch.Tensor:
+        if self.ref_model is None:
+            raise RuntimeError("no reference model: set algo.kl_coef > 0 to load one")
+        return self._logprobs(self.ref_model, batch, micro_batch_size)
+
+    @torch.no_grad()
+    def _logprobs(self, model, batch: RolloutBatch, micro_batch_size: int) -> torch.Tensor:
+        out = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
+        for start in range(0, batch.size, micro_batch_size):
+            idx = list(range(start, min(start + micro_batch_size, batch.size)))
+            micro = batch.select(idx).trimmed().to(self.device)
+            lp, _ = forward_logprobs(model, micro, with_entropy=False, autocast=self.autocast)
+            out[start:start + len(idx), : lp.shape[1]] = lp.float().cpu()
+        return out
+
+    def train_step(self, micro_batches: list[RolloutBatch], loss_fn: LossFn) -> dict[str, float]:
+        self.optimizer.zero_grad(set_to_none=True)
+        totals: dict[str, float] = {}
+        for micro in micro_batches:
+            micro = micro.trimmed().to(self.device)
+            logp, entropy = forward_logprobs(self.model, micro, with_entropy=True, autocast=self.autocast,
+                                             entropy_grad=self.cfg.algo.entropy_coef != 0)
+            loss, metrics = loss_fn(logp, entropy, micro)
+            loss.backward()
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip) if params else torch.tensor(0.0)
+        totals["grad_norm"] = float(grad_norm)
+        totals["lr"] = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        return totals
+
+    def named_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
+        # state_dict keeps tied weights under both names, which is what checkpoint loaders expect
+        yield from self.model.state_dict().items()
+
+    def save_pretrained(self, path: str, tokenizer) -> None:
+        """Write a Hugging Face checkpoint atomically: temp folder beside ``path``, then rename."""
+        parent = os.path.dirname(os.path.abspath(path)) or "."
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".tmp-save-", dir=parent)
+        try:
+            self.model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            if os.path.exists(path):
+                old = path + ".old"
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,82 @@
+"""Metrics: one JSON line per step in ``metrics.jsonl``, a console summary and a progress bar."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+CONSOLE_KEYS = ("reward/mean", "accuracy", "kl_ref", "entropy", "clip_frac", "response_length",
+                "tokens_per_s", "time/step")
+
+
+class PhaseTimer:
+    """Wall time per named phase of a step: ``with timer("generate"): ...``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+    def metrics(self) -> dict[str, float]:
+        return {f"time/{k}": round(v, 4) for k, v in self.seconds.items()}
+
+
+def _clean(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: str | Path, total_steps: int, progress: bool = True, console_every: int = 1):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.console_every = max(1, console_every)
+        self.bar = None
+        if progress and total_steps > 0:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total_steps, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def log(self, step: int, metrics: dict, kind: str = "train") -> None:
+        record = {"step": step, "kind": kind, **{k: _clean(v) for k, v in metrics.items()}}
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if kind == "train" and self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3g}" for k in ("reward/mean", "accuracy")
+                                  if isinstance(metrics.get(k), float)}, refresh=False)
+        if kind != "train" or step % self.console_every == 0:
+            self.message(f"[{kind} {step}] " + format_metrics(metrics, kind))
+
+    def message(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def format_metrics(metrics: dict, kind: str) -> str:
+    keys = CONSOLE_KEYS if kind == "train" else sorted(metrics)
+    keys = list(keys) + [k for k in metrics if k.startswith("reward/") and k not in keys and kind == "train"]
+    parts = []
+    for k in keys:
+        v = metrics.get(k)
+        if isinstance(v, float):
+            parts.append(f"{k}={v:.4g}")
+        elif isinstance(v, int):
+            parts.append(f"{k}={v}")
+    return " ".join(parts)

@@ -1,0 +1,53 @@
+"""The policy objective handed to a training backend: policy loss + KL + entropy terms.
+
+Every term is normalised with ``aggregate_partial`` and the *global* counts of the whole
+rollout batch, so summing micro-batch losses (and, under data parallelism, ranks) gives the
+loss of the full batch.  When no ``old_logprobs`` were computed (one on-policy update per
+rollout batch), ``logp.detach()`` stands in: the ratio is exactly 1 and the gradient equals
+the PPO gradient at the start of the update, without an extra forward pass.
+"""
+from __future__ import annotations
+
+import torch
+
+from rlkit.algorithms.losses import aggregate_partial, get_loss, kl
+
+
+def make_loss_fn(algo, num_seqs: int, num_tokens: int, max_len: int, metric_tokens: int):
+    """``loss_fn(logp, entropy, micro) -> (loss, metrics)`` for ``SingleBackend.train_step``.
+
+    ``metric_tokens`` normalises the logged token means (over the rows actually trained on).
+    """
+    policy_loss = get_loss(algo.loss)
+    denom = max(metric_tokens, 1)
+
+    def agg(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return aggregate_partial(per_token, mask, algo.loss_agg, num_seqs, num_tokens, max_len)
+
+    def loss_fn(logp: torch.Tensor, entropy: torch.Tensor | None, micro):
+        mask = micro.loss_mask
+        old = micro.old_logprobs if micro.old_logprobs is not None else logp.detach()
+        per_token = policy_loss(logp, old, micro.advantages, mask, eps_low=algo.eps_low,
+                                eps_high=algo.eps_high, dual_clip=algo.dual_clip)
+        loss = agg(per_token, mask)
+        metrics: dict[str, float] = {"loss/policy": float(loss.detach())}
+        with torch.no_grad():
+            log_ratio = torch.where(mask, logp.detach() - old, torch.zeros_like(old))
+            ratio = log_ratio.exp()
+            clipped = ((ratio < 1 - algo.eps_low) | (ratio > 1 + algo.eps_high)) & mask
+            metrics["clip_frac"] = float(clipped.sum()) / denom
+            metrics["approx_kl_old"] = float((torch.expm1(-log_ratio) + log_ratio)[mask].sum()) / denom
+        if algo.kl_coef:
+            if micro.ref_logprobs is None:
+                raise ValueError("algo.kl_coef > 0 but the batch has no ref_logprobs")
+            kl_tok = kl(logp, micro.ref_logprobs, algo.kl_estimator)
+            kl_term = agg(kl_tok, mask)
+            loss = loss + algo.kl_coef * kl_term
+            metrics["kl_ref"] = float(torch.where(mask, kl_tok.detach(), 0.0).sum()) / denom
+        if entropy is not None:
+            if algo.entropy_coef:
+                loss = loss - algo.entropy_coef * agg(entropy, mask)
+            metrics["entropy"] = float(torch.where(mask, entropy.detach(), 0.0).sum()) / denom
+        return loss, metrics
+
+    return loss_fn

@@ -1,0 +1,76 @@
+"""Rollouts with transformers' ``generate`` on the trainer's own model (no weight sync needed)."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from rlkit.rollout import Generation, Sampling
+
+
+class HFRollout:
+    """Generates with the live policy module; ``update_weights`` is a no-op because it shares it."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 64):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[list[int]], sampling: Sampling) -> list[Generation]:
+        expanded = [(i, p) for i, p in enumerate(prompt_ids) for _ in range(sampling.n)]
+        out: list[Generation] = []
+        for start in range(0, len(expanded), self.batch_size):
+            out.extend(self._generate_chunk(expanded[start:start + self.batch_size], sampling))
+        return out
+
+    def _generate_chunk(self, rows: list[tuple[int, list[int]]], sampling: Sampling) -> list[Generation]:
+        device = next(self.model.parameters()).device
+        pad = self.tokenizer.pad_token_id
+        width = max(len(p) for _, p in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        attn = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, (_, p) in enumerate(rows):  # left-pad for generation
+            ids[r, width - len(p):] = torch.tensor(p)
+            attn[r, width - len(p):] = 1
+        greedy = sampling.temperature <= 0
+        kwargs = dict(do_sample=False) if greedy else dict(
+            do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+        was_training = self.model.training
+        self.model.eval()
+        result = self.model.generate(
+            input_ids=ids.to(device), attention_mask=attn.to(device), max_new_tokens=sampling.max_new_tokens,
+            pad_token_id=pad, eos_token_id=self._eos_ids(), output_scores=True, return_dict_in_generate=True,
+            **kwargs,
+        )
+        self.model.train(was_training)
+        new_tokens = result.sequences[:, width:].cpu()
+        # Log-probs of the sampled tokens under the sampling distribution (processed scores).
+        scores = torch.stack(result.scores, dim=1).float().log_softmax(-1).cpu()  # [N, L, V]
+        token_lp = scores.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+        eos = set(self._eos_ids())
+        gens = []
+        for r, (prompt_index, _) in enumerate(rows):
+            toks = new_tokens[r].tolist()
+            finished = False
+            for j, t in enumerate(toks):
+                if t in eos:
+                    toks, finished = toks[: j + 1], True
+                    break
+            gens.append(Generation(
+                prompt_index=prompt_index, token_ids=toks, logprobs=token_lp[r, : len(toks)].tolist(),
+                text=self.tokenizer.decode(toks, skip_special_tokens=True), finished=finished))
+        return gens
+
+    def _eos_ids(self) -> list[int]:
+        eos = getattr(self.model.generation_config, "eos_token_id", None) or self.tokenizer.eos_token_id
+        return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        return None
+
+    def sleep(self) -> None:
+        return None
+
+    def wake(self) -> None:
+        return None

@@ -1,0 +1,96 @@
+"""Colocated vLLM rollouts: the engine lives in the training process and reloads weights in place.
+
+The engine runs with ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` so its model sits in this process and
+``update_weights`` hands tensors over without serialising them (vLLM's ``reload_weights`` on the
+worker, which loads checkpoint-format names through the model's own ``load_weights`` mapping).
+On CPU, vLLM reads ``gpu_memory_utilization`` as a share of host memory for its KV cache.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Iterable
+
+import torch
+
+from rlkit.rollout import Generation, Sampling
+
+
+class VLLMRollout:
+    def __init__(self, model_path: str, tokenizer, cfg, seed: int = 0):
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        from vllm import LLM
+
+        if os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] != "0":
+            raise RuntimeError("the colocated vLLM backend needs VLLM_ENABLE_V1_MULTIPROCESSING=0")
+        self.tokenizer = tokenizer
+        dtype = cfg.dtype
+        if dtype == "auto":
+            dtype = "bfloat16" if _bf16_fast() else "float32"
+        started = time.perf_counter()
+        self.llm = LLM(
+            model=model_path,
+            tokenizer=model_path,
+            dtype=dtype,
+            seed=seed,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            max_model_len=cfg.max_model_len,
+            enforce_eager=cfg.enforce_eager,
+            enable_prefix_caching=True,
+        )
+        self.start_seconds = time.perf_counter() - started
+        self.dtype = dtype
+
+    def generate(self, prompt_ids: list[list[int]], sampling: Sampling) -> list[Generation]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(
+            n=sampling.n,
+            temperature=max(sampling.temperature, 0.0),
+            top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
+            max_tokens=sampling.max_new_tokens,
+            logprobs=0,  # the log-prob of each sampled token
+        )
+        prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        gens: list[Generation] = []
+        for index, out in enumerate(outputs):
+            for comp in out.outputs:
+                ids = list(comp.token_ids)
+                lps = None
+                if comp.logprobs is not None:
+                    lps = [float(step[tok].logprob) for step, tok in zip(comp.logprobs, ids)]
+                gens.append(Generation(
+                    prompt_index=index, token_ids=ids, logprobs=lps,
+                    text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                    finished=comp.finish_reason == "stop"))
+        return gens
+
+    def _worker(self):
+        executor = self.llm.llm_engine.model_executor
+        return executor.driver_worker.worker
+
+    @torch.no_grad()
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Reload the trainer's weights into the engine in place; clears the prefix cache."""
+        self._worker().reload_weights(weights_iterator=((n, t.detach()) for n, t in named_tensors))
+        self.llm.reset_prefix_cache()
+
+    def sleep(self) -> None:
+        return None  # CPU engines have nothing to give back; GPU sleep mode arrives with issue 2
+
+    def wake(self) -> None:
+        return None
+
+
+def _bf16_fast() -> bool:
+    """bfloat16 weights pay off on CUDA and on CPUs with AVX512-BF16 / AMX."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -1,0 +1,66 @@
+"""Glue between the reward modules (``rewards``) and a RolloutBatch.
+
+``build_reward`` turns ``rewards.functions`` from the config into one ``CombinedReward``;
+``score_batch`` calls it with the completions and every dataset column, and writes the
+scores, per-component values and dense token rewards into the batch.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from rewards import Component, combine, load_callable
+from rlkit.batch import RolloutBatch
+
+
+def build_reward(cfg):
+    """One CombinedReward from a RewardsConfig; names default to the function's attribute name."""
+    components = {}
+    for spec in cfg.functions:
+        fn = load_callable(spec.fn)
+        if spec.kwargs:
+            fn = functools.partial(fn, **spec.kwargs)
+        name = spec.name or spec.fn.rsplit(":", 1)[-1]
+        if name in components:
+            raise ValueError(f"rewards.functions: two components are named {name!r}; set `name:` on one")
+        components[name] = Component(fn=fn, weight=spec.weight, name=name, pool=spec.pool)
+    return combine(fail_fast=cfg.fail_fast, num_workers=cfg.num_workers, timeout_s=cfg.timeout_s, **components)
+
+
+def reward_columns(rows: list[dict]) -> dict[str, list]:
+    """Per-row dataset columns as lists (a column missing from a row is None there)."""
+    keys: list[str] = []
+    for row in rows:
+        keys.extend(k for k in row if k not in keys)
+    return {k: [row.get(k) for row in rows] for k in keys if k not in ("completion", "completions")}
+
+
+def score_batch(reward, batch: RolloutBatch, completion_ids: list[list[int]]):
+    """Score ``batch.rows`` in place; returns the RewardResult (failures included)."""
+    completions = [row["completion"] for row in batch.rows]
+    columns = reward_columns([{k: v for k, v in row.items() if k != "completion"} for row in batch.rows])
+    columns["prompts"] = columns.pop("prompt", [None] * batch.size)
+    result = reward.score(completions, completion_ids=completion_ids, **columns)
+    batch.scores = torch.tensor(result.scores, dtype=torch.float32)
+    batch.reward_components = {
+        name: torch.tensor(values, dtype=torch.float32) for name, values in result.components.items()
+    }
+    token_rewards = batch.outcome_token_rewards(batch.scores)
+    starts = (batch.loss_mask.float().argmax(dim=1)).tolist()
+    for i, dense in enumerate(result.token_rewards):
+        if dense:
+            n = min(len(dense), int(batch.loss_mask[i].sum()))
+            token_rewards[i, starts[i]:starts[i] + n] += torch.tensor(dense[:n])
+    batch.token_rewards = token_rewards
+    return result
+
+
+def component_means(batch: RolloutBatch) -> dict[str, float]:
+    """``reward/<name>``: mean over the rows where the component applies."""
+    out = {}
+    for name, values in batch.reward_components.items():
+        valid = values[~torch.isnan(values)]
+        out[f"reward/{name}"] = float(valid.mean()) if valid.numel() else math.nan
+    return out

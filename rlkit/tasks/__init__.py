@@ -1,0 +1,1 @@
+"""Built-in tasks that need no data files (synthetic, generated from a seed)."""
