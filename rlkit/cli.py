@@ -30,10 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"rlkit: config error: {exc}", file=sys.stderr)
         return 2
+    from rewards import RewardError
+    from rlkit.data import DataError
     from rlkit.trainer import train
 
     started = time.perf_counter()
-    summary = train(cfg)
+    try:
+        summary = train(cfg)
+    except (DataError, RewardError) as exc:
+        print(f"rlkit: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
     minutes = (time.perf_counter() - started) / 60
     before = summary.get("eval_before", {}).get("eval/accuracy")
     after = summary.get("eval_after", {}).get("eval/accuracy")

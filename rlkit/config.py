@@ -90,6 +90,7 @@ class TrainConfig:
     seed: int = 0
     output_dir: str = "runs/latest"
     skip_zero_advantage: bool = True  # rows with all-zero advantages add no gradient: skip their backward
+    share_prompt_prefix: bool = True  # run each distinct prompt once per micro-batch (rlkit/dist/prefix.py)
     save_final: bool = True
     threads: int | None = None        # torch CPU threads (None = torch default)
 
@@ -173,7 +174,12 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     merged: dict[str, Any] = {}
-    for inc in data.pop("include", []) or []:
+    includes = data.pop("include", None) or []
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise ConfigError(f"{path}: include must be a file name or a list of file names, got {includes!r}")
+    for inc in includes:
         _deep_merge(merged, _read_yaml(path.parent / inc, seen + (path.resolve(),)))
     _deep_merge(merged, data)
     return merged
@@ -190,7 +196,9 @@ def _deep_merge(base: dict, extra: dict) -> None:
 def _set_dotted(raw: dict, keys: list[str], value: Any) -> None:
     node = raw
     for k in keys[:-1]:
-        node = node.setdefault(k, {})
+        if node.get(k) is None:  # absent, or an empty section in the YAML
+            node[k] = {}
+        node = node[k]
         if not isinstance(node, dict):
             raise ConfigError(f"override {'.'.join(keys)}: {k} is not a section")
     node[keys[-1]] = value
@@ -207,8 +215,8 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
     for key, value in raw.items():
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
-            hint = f"; did you mean {prefix}{close[0]!r}?" if close else f"; valid keys: {', '.join(names)}"
-            raise ConfigError(f"{source}: unknown config key {prefix}{key!r}{hint}")
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"{source}: unknown config key '{prefix}{key}'{hint}")
         kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}", source)
     return cls(**kwargs)
 
@@ -261,6 +269,9 @@ def check_config(cfg: Config) -> None:
         bad("backend.name", f"unknown training backend {cfg.backend.name!r}; choose single or deepspeed")
     if cfg.rollout.num_samples < 1:
         bad("rollout.num_samples", "must be >= 1")
+    if cfg.rollout.max_new_tokens < 1 or cfg.eval.max_new_tokens < 1:
+        bad("rollout.max_new_tokens", "rollout.max_new_tokens and eval.max_new_tokens must be >= 1")
+    _check_algo(cfg.algo)
     if cfg.train.prompts_per_step < 1 or cfg.train.micro_batch_size < 1:
         bad("train", "prompts_per_step and micro_batch_size must be >= 1")
     if cfg.algo.epochs < 1 or cfg.algo.mini_batches < 1:
@@ -278,6 +289,23 @@ def check_config(cfg: Config) -> None:
         bad("train.lr_schedule", "choose constant, cosine or linear")
     if not cfg.rewards.functions:
         bad("rewards.functions", "needs at least one reward function")
+
+
+def _check_algo(algo: AlgoConfig) -> None:
+    """Registered names are checked here so a typo fails at load time, not mid-run."""
+    from rlkit.algorithms.advantages import ADVANTAGE_ESTIMATORS
+    from rlkit.algorithms.losses import AGGREGATION_MODES, KL_ESTIMATORS, POLICY_LOSSES
+
+    for key, value, known in (("algo.advantage", algo.advantage, ADVANTAGE_ESTIMATORS),
+                              ("algo.loss", algo.loss, POLICY_LOSSES),
+                              ("algo.loss_agg", algo.loss_agg, AGGREGATION_MODES),
+                              ("algo.kl_estimator", algo.kl_estimator, KL_ESTIMATORS)):
+        if ":" in value and key in ("algo.advantage", "algo.loss"):
+            continue  # a user's "module:function", imported when the run starts
+        if value not in known:
+            close = difflib.get_close_matches(value, list(known), n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{key}: unknown value {value!r}{hint} (known: {', '.join(sorted(known))})")
 
 
 def config_to_dict(cfg: Any) -> Any:

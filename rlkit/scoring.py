@@ -57,6 +57,21 @@ def score_batch(reward, batch: RolloutBatch, completion_ids: list[list[int]]):
     return result
 
 
+def scored_rows(batch: RolloutBatch) -> torch.Tensor:
+    """[B] True where at least one reward component applies (is not NaN)."""
+    if not batch.reward_components:
+        return torch.ones(batch.size, dtype=torch.bool)
+    values = torch.stack(list(batch.reward_components.values()))  # [C, B]
+    return (~torch.isnan(values)).any(dim=0)
+
+
+def isolate_unscored(group_ids: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+    """Give every unscored row a group of its own, so it gets no advantage and does not shift
+    its prompt's group statistics (a failed or not-applicable reward is not a zero reward)."""
+    fresh = group_ids.max() + 1 + torch.arange(group_ids.numel())
+    return torch.where(scored, group_ids, fresh)
+
+
 def component_means(batch: RolloutBatch) -> dict[str, float]:
     """``reward/<name>``: mean over the rows where the component applies."""
     out = {}

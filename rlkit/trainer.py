@@ -24,7 +24,7 @@ from rlkit.logging import MetricsLogger, PhaseTimer
 from rlkit.models import load_tokenizer
 from rlkit.objective import make_loss_fn
 from rlkit.rollout import Sampling, make_rollout
-from rlkit.scoring import build_reward, component_means, score_batch
+from rlkit.scoring import build_reward, component_means, isolate_unscored, score_batch, scored_rows
 
 
 def train(cfg: Config) -> dict:
@@ -87,8 +87,9 @@ def train(cfg: Config) -> dict:
                 if cfg.algo.kl_coef:
                     batch.ref_logprobs = backend.ref_logprobs(batch, cfg.train.micro_batch_size)
 
-            batch.advantages = estimator(batch.scores, batch.group_ids, batch.loss_mask,
-                                         **cfg.algo.advantage_kwargs)
+            scored = scored_rows(batch)
+            batch.advantages = estimator(batch.scores, isolate_unscored(batch.group_ids, scored),
+                                         batch.loss_mask, **cfg.algo.advantage_kwargs)
             batch.validate()
 
             with timer("train"):
@@ -99,6 +100,7 @@ def train(cfg: Config) -> dict:
 
             step_seconds = time.perf_counter() - started
             metrics = step_metrics(batch, result, cfg, step_seconds)
+            metrics["reward/unscored_rows"] = float((~scored).sum())
             metrics.update(train_metrics)
             metrics.update(reward_metrics)
             metrics.update(timer.metrics())

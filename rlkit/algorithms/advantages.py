@@ -18,32 +18,18 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from rlkit.algorithms.registry import Registry
+
 GROUP_KINDS = ("grpo", "dr_grpo", "rloo")
 
 AdvantageFn = Callable[..., Tensor]
-ADVANTAGE_ESTIMATORS: dict[str, AdvantageFn] = {}
-
-
-def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
-    """Decorator: register an outcome advantage estimator under ``name``."""
-
-    def decorator(fn: AdvantageFn) -> AdvantageFn:
-        if name in ADVANTAGE_ESTIMATORS and ADVANTAGE_ESTIMATORS[name] is not fn:
-            raise ValueError(f"advantage estimator {name!r} is already registered")
-        ADVANTAGE_ESTIMATORS[name] = fn
-        return fn
-
-    return decorator
+ADVANTAGE_ESTIMATORS = Registry("advantage estimator")
+register_advantage = ADVANTAGE_ESTIMATORS.register
 
 
 def get_advantage(name_or_callable: str | AdvantageFn) -> AdvantageFn:
-    """Look up a registered estimator by name, or return a user's callable unchanged."""
-    if callable(name_or_callable):
-        return name_or_callable
-    if name_or_callable not in ADVANTAGE_ESTIMATORS:
-        known = ", ".join(sorted(ADVANTAGE_ESTIMATORS))
-        raise ValueError(f"unknown advantage estimator {name_or_callable!r}; known: {known}")
-    return ADVANTAGE_ESTIMATORS[name_or_callable]
+    """A registered estimator by name, a user's callable unchanged, or ``"module:function"``."""
+    return ADVANTAGE_ESTIMATORS.resolve(name_or_callable)
 
 
 def _float(x: Tensor) -> Tensor:

@@ -19,33 +19,19 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from rlkit.algorithms.registry import Registry
+
 AGGREGATION_MODES = ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm", "seq_mean_token_sum")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 
 LossFn = Callable[..., Tensor]
-POLICY_LOSSES: dict[str, LossFn] = {}
-
-
-def register_loss(name: str) -> Callable[[LossFn], LossFn]:
-    """Decorator: register a per-token policy loss under ``name``."""
-
-    def decorator(fn: LossFn) -> LossFn:
-        if name in POLICY_LOSSES and POLICY_LOSSES[name] is not fn:
-            raise ValueError(f"policy loss {name!r} is already registered")
-        POLICY_LOSSES[name] = fn
-        return fn
-
-    return decorator
+POLICY_LOSSES = Registry("policy loss")
+register_loss = POLICY_LOSSES.register
 
 
 def get_loss(name_or_callable: str | LossFn) -> LossFn:
-    """Look up a registered policy loss by name, or return a user's callable unchanged."""
-    if callable(name_or_callable):
-        return name_or_callable
-    if name_or_callable not in POLICY_LOSSES:
-        known = ", ".join(sorted(POLICY_LOSSES))
-        raise ValueError(f"unknown policy loss {name_or_callable!r}; known: {known}")
-    return POLICY_LOSSES[name_or_callable]
+    """A registered policy loss by name, a user's callable unchanged, or ``"module:function"``."""
+    return POLICY_LOSSES.resolve(name_or_callable)
 
 
 def _check_same_shape(fn: str, **tensors: Tensor) -> None:

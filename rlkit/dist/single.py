@@ -17,6 +17,7 @@ import torch
 from rlkit.algorithms.losses import entropy_from_logits
 from rlkit.batch import RolloutBatch
 from rlkit.dist import LossFn, resolve_device
+from rlkit.dist.prefix import forward_logprobs_shared
 from rlkit.models import load_causal_lm
 
 
@@ -35,14 +36,16 @@ def lr_lambda(schedule: str, warmup: int, total: int):
 
 
 def forward_logprobs(model, micro: RolloutBatch, with_entropy: bool, autocast: bool, entropy_grad: bool = False):
-    """Per-token log-probs ``[b, T]`` (aligned as in batch.py) and optionally entropies.
+    """Per-token log-probs ``[b, T]`` (aligned as in batch.py, 0 outside ``loss_mask``) and
+    optionally entropies.  One forward pass over every row's prompt + completion.
 
     The LM head only runs on the positions that predict completion tokens (``logits_to_keep``),
     which skips most of the prompt's share of the vocabulary projection.
     """
     ids = micro.input_ids
     T = ids.shape[1]
-    first = int(micro.loss_mask.float().argmax(dim=1).min().item()) if micro.loss_mask.any() else T - 1
+    has_tokens = micro.loss_mask.any(dim=1)  # rows without completion tokens do not set `first`
+    first = int(micro.loss_mask[has_tokens].float().argmax(dim=1).min()) if has_tokens.any() else T - 1
     keep = T - first + 1  # logits at positions first-1 .. T-1 predict tokens first .. T
     device_type = ids.device.type
     ctx = torch.autocast(device_type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
@@ -53,12 +56,13 @@ def forward_logprobs(model, micro: RolloutBatch, with_entropy: bool, autocast: b
     targets = ids[:, first:]                               # [b, keep-1]
     token_lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     logp = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
-    logp = torch.cat([logp[:, :first], token_lp], dim=1)  # [b, T]
+    zero = torch.zeros((), device=ids.device)
+    logp = torch.where(micro.loss_mask, torch.cat([logp[:, :first], token_lp], dim=1), zero)  # [b, T]
     entropy = None
     if with_entropy:
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             ent = entropy_from_logits(logits)
-        entropy = torch.cat([torch.zeros_like(logp[:, :first]), ent], dim=1)
+        entropy = torch.where(micro.loss_mask, torch.cat([torch.zeros_like(logp[:, :first]), ent], dim=1), zero)
     return logp, entropy
 
 
@@ -74,6 +78,7 @@ class SingleBackend:
         self.model = load_causal_lm(self.model_path, cfg.model.dtype, str(self.device),
                                     cfg.model.gradient_checkpointing)
         self.autocast = cfg.model.autocast_bf16 and cfg.model.dtype == "float32"
+        self.forward = forward_logprobs_shared if cfg.train.share_prompt_prefix else forward_logprobs
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, betas=tuple(cfg.train.betas),
                                            weight_decay=cfg.train.weight_decay)
@@ -99,7 +104,7 @@ class SingleBackend:
         for start in range(0, batch.size, micro_batch_size):
             idx = list(range(start, min(start + micro_batch_size, batch.size)))
             micro = batch.select(idx).trimmed().to(self.device)
-            lp, _ = forward_logprobs(model, micro, with_entropy=False, autocast=self.autocast)
+            lp, _ = self.forward(model, micro, with_entropy=False, autocast=self.autocast)
             out[start:start + len(idx), : lp.shape[1]] = lp.float().cpu()
         return out
 
@@ -108,7 +113,7 @@ class SingleBackend:
         totals: dict[str, float] = {}
         for micro in micro_batches:
             micro = micro.trimmed().to(self.device)
-            logp, entropy = forward_logprobs(self.model, micro, with_entropy=True, autocast=self.autocast,
+            logp, entropy = self.forward(self.model, micro, with_entropy=True, autocast=self.autocast,
                                              entropy_grad=self.cfg.algo.entropy_coef != 0)
             loss, metrics = loss_fn(logp, entropy, micro)
             loss.backward()

@@ -7,6 +7,7 @@ On CPU, vLLM reads ``gpu_memory_utilization`` as a share of host memory for its 
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Iterable
@@ -40,7 +41,9 @@ class VLLMRollout:
             enable_prefix_caching=True,
         )
         self.start_seconds = time.perf_counter() - started
-        self.dtype = dtype
+        # vLLM warns on every in-place reload that the rotary embedding has no weights to load.
+        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
+        self.torch_dtype = getattr(torch, dtype)
 
     def generate(self, prompt_ids: list[list[int]], sampling: Sampling) -> list[Generation]:
         from vllm import SamplingParams
@@ -75,7 +78,8 @@ class VLLMRollout:
     @torch.no_grad()
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Reload the trainer's weights into the engine in place; clears the prefix cache."""
-        self._worker().reload_weights(weights_iterator=((n, t.detach()) for n, t in named_tensors))
+        weights = ((name, t.detach().to(self.torch_dtype)) for name, t in named_tensors)
+        self._worker().reload_weights(weights_iterator=weights)
         self.llm.reset_prefix_cache()
 
     def sleep(self) -> None:

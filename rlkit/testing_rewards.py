@@ -1,0 +1,40 @@
+"""Reward functions for tests: easy targets a tiny random character model learns in seconds.
+
+Plain rewards in the contract of ``rewards.core`` (``fn(completions, **columns) -> list``),
+referenced from configs as ``rlkit.testing_rewards:<name>``, e.g.
+
+    rewards.functions=[{fn: 'rlkit.testing_rewards:char_fraction', kwargs: {chars: '7'}}]
+"""
+from __future__ import annotations
+
+DIGITS = "0123456789"
+
+
+def char_fraction(completions: list[str], chars: str = "7", **columns) -> list[float]:
+    """Share of the completion's characters that are in ``chars`` (0.0 for an empty completion).
+
+    A random character-level model emits any one character about 1% of the time, so the
+    reward has a small, graded signal from the first step and rises quickly under RL.
+    """
+    wanted = set(chars)
+    return [sum(c in wanted for c in text) / len(text) if text else 0.0 for text in completions]
+
+
+def digit_fraction(completions: list[str], **columns) -> list[float]:
+    """Share of digits in each completion: about 10% for a random character model, so almost
+    every group of samples has a non-zero spread (rows get trained from the first step)."""
+    return char_fraction(completions, chars=DIGITS)
+
+
+def explode_on_column(completions: list[str], explode: list | None = None, chars: str = DIGITS,
+                      **columns) -> list[float]:
+    """``char_fraction``, but raises ``ValueError`` on rows whose ``explode`` column is true.
+
+    Used to check that a failing reward row is isolated (``reward/failures``) and that
+    ``rewards.fail_fast`` stops the run with an error naming the row.
+    """
+    flags = explode if explode is not None else [False] * len(completions)
+    for flag, text in zip(flags, completions):
+        if flag:
+            raise ValueError(f"exploding row (completion {text[:20]!r})")
+    return char_fraction(completions, chars=chars)

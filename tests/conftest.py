@@ -1,0 +1,107 @@
+"""Shared fixtures: one tiny random model per session and a helper that runs the CLI.
+
+Everything here is self-contained (no ../shared, no downloads): the tiny model is written
+into a pytest temporary folder, and runs that need vLLM happen in child processes
+(vLLM on CPU needs a guarded ``__main__`` and ``VLLM_ENABLE_V1_MULTIPROCESSING=0``).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+HELPERS = Path(__file__).resolve().parent / "helpers"
+if str(REPO_ROOT) not in sys.path:  # rlkit importable however pytest was started
+    sys.path.insert(0, str(REPO_ROOT))
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for child processes: the repository importable, vLLM colocated and quiet."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+@dataclass
+class CLIResult:
+    returncode: int
+    stdout: str
+    stderr: str
+    run_dir: Path
+
+    def __iter__(self):  # unpacks as (returncode, stdout, stderr, run_dir)
+        return iter((self.returncode, self.stdout, self.stderr, self.run_dir))
+
+    def describe(self) -> str:
+        """The tail of the output, for assertion messages."""
+        return f"exit {self.returncode}\n--- stdout ---\n{self.stdout[-3000:]}\n--- stderr ---\n{self.stderr[-6000:]}"
+
+
+def run_cli(overrides: list[str], run_dir: str | Path, config: str | Path | None = None,
+            timeout: float = 300) -> CLIResult:
+    """``python -m rlkit.cli train [--config C] OVERRIDES train.output_dir=RUN_DIR`` in a child process."""
+    cmd = [sys.executable, "-m", "rlkit.cli", "train"]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    cmd += list(overrides) + [f"train.output_dir={run_dir}"]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=timeout)
+    return CLIResult(proc.returncode, proc.stdout, proc.stderr, Path(run_dir))
+
+
+def tiny_overrides(model_dir: str, backend: str = "hf", **extra) -> list[str]:
+    """Overrides for a fast run on the tiny model; ``extra`` keys use ``__`` for dots."""
+    base = {
+        "model.path": model_dir,
+        "model.autocast_bf16": "false",
+        "rollout.backend": backend,
+        "rollout.dtype": "float32",
+        "rollout.gpu_memory_utilization": "0.2",
+        "rollout.num_samples": "4",
+        "rollout.max_new_tokens": "8",
+        "train.prompts_per_step": "2",
+        "train.threads": "1",        # a busy 2-core machine slows multi-threaded torch ops a lot
+        "data.num_train": "64",
+        "data.num_eval": "4",
+        "eval.max_new_tokens": "8",
+        "log.progress": "false",
+    }
+    base.update({k.replace("__", "."): str(v) for k, v in extra.items()})
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A tiny random Llama + character tokenizer (loads in transformers and vLLM), built once."""
+    from rlkit.testing import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny_model") / "model", seed=0)
+
+
+@pytest.fixture
+def one_thread():
+    """Run torch single-threaded in this test (tiny models; a busy CPU punishes thread spinning)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """``cli(overrides, run_dir=None, config=None, timeout=300) -> CLIResult`` (default run dir in tmp_path)."""
+    def _run(overrides: list[str], run_dir: str | Path | None = None, config: str | Path | None = None,
+             timeout: float = 300) -> CLIResult:
+        return run_cli(overrides, run_dir or tmp_path / "run", config=config, timeout=timeout)
+
+    return _run
