@@ -40,6 +40,8 @@ class MetricsLogger:
     def __init__(self, run_dir: str | Path, total_steps: int, progress: bool = True, console_every: int = 1):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():  # a previous run in the same folder: keep its metrics aside
+            self.path.rename(self.path.with_name(f"metrics.{int(self.path.stat().st_mtime)}.jsonl"))
         self.console_every = max(1, console_every)
         self.bar = None
         if progress and total_steps > 0:

@@ -142,7 +142,9 @@ def optimize(backend, batch: RolloutBatch, cfg: Config) -> dict:
             trained = sub.select(keep)
             loss_fn = make_loss_fn(algo, num_seqs, num_tokens, cfg.rollout.max_new_tokens,
                                    metric_tokens=int(trained.loss_mask.sum()))
-            micro = [trained.select(idx) for idx in torch.arange(trained.size).split(cfg.train.micro_batch_size)]
+            # Rows sorted by length fill each micro-batch with similar lengths: little padding.
+            by_length = torch.argsort(trained.completion_lengths, stable=True)
+            micro = [trained.select(idx) for idx in by_length.split(cfg.train.micro_batch_size)]
             for k, v in backend.train_step(micro, loss_fn).items():
                 totals[k] = totals.get(k, 0.0) + v / (algo.epochs * len(minis))
             totals["trained_rows"] = totals.get("trained_rows", 0.0) + trained.size / algo.epochs

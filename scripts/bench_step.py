@@ -35,7 +35,6 @@ def main() -> int:
                  "eval.after=false", "train.save_final=false", "log.progress=false", *args.overrides]
     cfg = load_config(args.config, overrides)
     metrics_path = Path(args.output) / "metrics.jsonl"
-    metrics_path.unlink(missing_ok=True)
     started = time.perf_counter()
     train(cfg)
     wall = time.perf_counter() - started
