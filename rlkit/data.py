@@ -40,9 +40,9 @@ def load_rows(cfg, seed: int) -> tuple[list[dict], list[dict]]:
 def read_records(path: str) -> list[dict]:
     """Rows of a .jsonl, .json (a list) or .parquet file, or of a hub data set id (``name:split``)."""
     p = Path(path)
+    if p.suffix in (".jsonl", ".json", ".parquet") and not p.exists():
+        raise DataError(f"data file not found: {path}")
     if p.suffix == ".jsonl":
-        if not p.exists():
-            raise DataError(f"data file not found: {path}")
         rows = []
         with p.open() as fh:
             for line_no, line in enumerate(fh, 1):
@@ -54,8 +54,6 @@ def read_records(path: str) -> list[dict]:
                     raise DataError(f"{path}, line {line_no}: invalid JSON ({exc.msg})") from exc
         return rows
     if p.suffix == ".json":
-        if not p.exists():
-            raise DataError(f"data file not found: {path}")
         try:
             data = json.loads(p.read_text())
         except json.JSONDecodeError as exc:
@@ -63,13 +61,13 @@ def read_records(path: str) -> list[dict]:
         if not isinstance(data, list):
             raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
         return data
-    if p.suffix == ".parquet" or p.exists():
-        if not p.exists():
-            raise DataError(f"data file not found: {path}")
+    if p.suffix == ".parquet":
         import datasets
 
         return list(datasets.load_dataset("parquet", data_files=str(p), split="train"))
-    import datasets  # a hub id, only when the user names one
+    if p.exists() or p.suffix or path.startswith((".", "/")):
+        raise DataError(f"{path}: not found or not a supported format (.jsonl, .json, .parquet, or a hub id)")
+    import datasets  # a hub id such as "openai/gsm8k:train", only when the user names one
 
     name, _, split = path.partition(":")
     return list(datasets.load_dataset(name, split=split or "train"))
