@@ -31,13 +31,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlkit: config error: {exc}", file=sys.stderr)
         return 2
     from rewards import RewardError
+    from rlkit.checkpoint import CheckpointError
     from rlkit.data import DataError
     from rlkit.trainer import train
 
     started = time.perf_counter()
     try:
         summary = train(cfg)
-    except (DataError, RewardError) as exc:
+    except (DataError, RewardError, CheckpointError) as exc:
         print(f"rlkit: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     minutes = (time.perf_counter() - started) / 60

@@ -91,14 +91,20 @@ class TrainConfig:
     output_dir: str = "runs/latest"
     skip_zero_advantage: bool = True  # rows with all-zero advantages add no gradient: skip their backward
     share_prompt_prefix: bool = True  # run each distinct prompt once per micro-batch (rlkit/dist/prefix.py)
-    save_final: bool = True
+    save_final: bool = True           # export the final policy in Hugging Face format to <output_dir>/final
+    save_every: int = 0               # checkpoint every N steps (0: only at the last step); rlkit/checkpoint.py
+    keep_checkpoints: int = 2         # newest checkpoints kept (0 = all)
+    resume: str = "never"             # never | auto (latest checkpoint in output_dir, if any) | a checkpoint path
     threads: int | None = None        # torch CPU threads (None = torch default)
 
 
 @dataclass(frozen=True)
 class BackendConfig:
     name: str = "single"              # single | deepspeed
-    device: str = "auto"              # auto | cpu | cuda
+    device: str = "auto"              # auto | cpu | cuda (single); deepspeed picks its rank's device
+    zero_stage: int = 2               # deepspeed: ZeRO stage 2 or 3
+    offload_optimizer: bool = False   # deepspeed: optimizer states in CPU memory
+    offload_params: bool = False      # deepspeed ZeRO-3: parameters in CPU memory
 
 
 @dataclass(frozen=True)
@@ -267,6 +273,8 @@ def check_config(cfg: Config) -> None:
         bad("rollout.backend", f"unknown backend {cfg.rollout.backend!r}; choose vllm or hf")
     if cfg.backend.name not in ("single", "deepspeed"):
         bad("backend.name", f"unknown training backend {cfg.backend.name!r}; choose single or deepspeed")
+    if cfg.backend.zero_stage not in (2, 3):
+        bad("backend.zero_stage", "choose 2 or 3")
     if cfg.rollout.num_samples < 1:
         bad("rollout.num_samples", "must be >= 1")
     if cfg.rollout.max_new_tokens < 1 or cfg.eval.max_new_tokens < 1:
@@ -287,6 +295,12 @@ def check_config(cfg: Config) -> None:
         bad("model.dtype", "choose float32 or bfloat16")
     if cfg.train.lr_schedule not in ("constant", "cosine", "linear"):
         bad("train.lr_schedule", "choose constant, cosine or linear")
+    if cfg.train.save_every < 0 or cfg.train.keep_checkpoints < 0:
+        bad("train", "save_every and keep_checkpoints must be >= 0")
+    if not cfg.train.resume.strip():
+        bad("train.resume", "choose never, auto or the path of a checkpoint (or run) folder")
+    if cfg.train.resume.lower() in ("never", "auto") and cfg.train.resume not in ("never", "auto"):
+        bad("train.resume", f"write {cfg.train.resume.lower()!r} in lower case")
     if not cfg.rewards.functions:
         bad("rewards.functions", "needs at least one reward function")
 

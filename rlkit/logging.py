@@ -37,17 +37,23 @@ def _clean(value):
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: str | Path, total_steps: int, progress: bool = True, console_every: int = 1):
+    """Appends records to ``metrics.jsonl``. A fresh run moves an existing file aside
+    (``metrics.<mtime>.jsonl``); a resumed run (``append=True``) continues the file, and its
+    progress bar starts at ``start_step``."""
+
+    def __init__(self, run_dir: str | Path, total_steps: int, progress: bool = True, console_every: int = 1,
+                 append: bool = False, start_step: int = 0):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():  # a previous run in the same folder: keep its metrics aside
+        if self.path.exists() and not append:  # a previous run in the same folder: keep its metrics aside
             self.path.rename(self.path.with_name(f"metrics.{int(self.path.stat().st_mtime)}.jsonl"))
         self.console_every = max(1, console_every)
         self.bar = None
         if progress and total_steps > 0:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total_steps, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
+            self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
+                            file=sys.stderr)
 
     def log(self, step: int, metrics: dict, kind: str = "train") -> None:
         record = {"step": step, "kind": kind, **{k: _clean(v) for k, v in metrics.items()}}
@@ -79,6 +85,8 @@ def format_metrics(metrics: dict, kind: str) -> str:
         v = metrics.get(k)
         if isinstance(v, float):
             parts.append(f"{k}={v:.4g}")
-        elif isinstance(v, int):
+        elif isinstance(v, (int, str)):
             parts.append(f"{k}={v}")
+        elif isinstance(v, list) and v:
+            parts.append(f"{k}=[{'; '.join(map(str, v))}]")
     return " ".join(parts)

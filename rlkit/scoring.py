@@ -7,6 +7,7 @@ scores, per-component values and dense token rewards into the batch.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 
 import torch
@@ -16,11 +17,17 @@ from rlkit.batch import RolloutBatch
 
 
 def build_reward(cfg):
-    """One CombinedReward from a RewardsConfig; names default to the function's attribute name."""
+    """One CombinedReward from a RewardsConfig; names default to the function's attribute name.
+
+    ``fn`` may name a class: it is instantiated with ``kwargs`` (a stateful reward module gets
+    one instance per run); a function gets ``kwargs`` bound with ``functools.partial``.
+    """
     components = {}
     for spec in cfg.functions:
         fn = load_callable(spec.fn)
-        if spec.kwargs:
+        if inspect.isclass(fn):
+            fn = fn(**spec.kwargs)
+        elif spec.kwargs:
             fn = functools.partial(fn, **spec.kwargs)
         name = spec.name or spec.fn.rsplit(":", 1)[-1]
         if name in components:

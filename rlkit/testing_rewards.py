@@ -1,6 +1,7 @@
 """Reward functions for tests: easy targets a tiny random character model learns in seconds.
 
-Plain rewards in the contract of ``rewards.core`` (``fn(completions, **columns) -> list``),
+Plain rewards in the contract of ``rewards.core`` (``fn(completions, **columns) -> list``) and
+one stateful reward class (``CountingReward``, for checkpoint tests),
 referenced from configs as ``rlkit.testing_rewards:<name>``, e.g.
 
     rewards.functions=[{fn: 'rlkit.testing_rewards:char_fraction', kwargs: {chars: '7'}}]
@@ -38,3 +39,31 @@ def explode_on_column(completions: list[str], explode: list | None = None, chars
         if flag:
             raise ValueError(f"exploding row (completion {text[:20]!r})")
     return char_fraction(completions, chars=chars)
+
+
+class CountingReward:
+    """A stateful reward for checkpoint tests: ``char_fraction`` plus counters that only
+    ``update()`` changes, saved and restored through ``state_dict()`` / ``load_state_dict()``.
+
+    Referenced as a class (``fn: 'rlkit.testing_rewards:CountingReward'``), so each run builds
+    its own instance; ``update`` reports the counters as ``<name>/updates`` and ``<name>/rows``.
+    """
+
+    def __init__(self, chars: str = DIGITS):
+        self.chars = chars
+        self.updates = 0
+        self.rows = 0
+
+    def __call__(self, completions: list[str], **columns) -> list[float]:
+        return char_fraction(completions, chars=self.chars)
+
+    def update(self, batch) -> dict[str, float]:
+        self.updates += 1
+        self.rows += batch.size
+        return {"updates": float(self.updates), "rows": float(self.rows)}
+
+    def state_dict(self) -> dict[str, int]:
+        return {"updates": self.updates, "rows": self.rows}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates, self.rows = int(state["updates"]), int(state["rows"])

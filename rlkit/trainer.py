@@ -16,6 +16,7 @@ import torch
 
 from rlkit.algorithms.advantages import get_advantage
 from rlkit.batch import RolloutBatch, build_batch
+from rlkit.checkpoint import resume, save_checkpoint, should_save, start_point
 from rlkit.config import Config, save_config
 from rlkit.data import PromptSampler, load_rows, prompt_token_ids
 from rlkit.dist import make_backend
@@ -28,8 +29,17 @@ from rlkit.scoring import build_reward, component_means, isolate_unscored, score
 
 
 def train(cfg: Config) -> dict:
-    """Run ``cfg.train.steps`` RL steps; returns the final metrics (eval included)."""
+    """Run ``cfg.train.steps`` RL steps; returns the final metrics (eval included).
+
+    With ``train.resume`` the run continues after the checkpoint's step (rlkit/checkpoint.py).
+    """
+    if cfg.backend.name != "single":
+        raise NotImplementedError(
+            f"backend.name={cfg.backend.name!r}: the training loop drives only the 'single' backend so far; "
+            "rlkit.dist.deepspeed.DeepSpeedBackend is tested step by step, but data-parallel rollouts "
+            "and ZeRO checkpoints in the loop are open work")
     run_dir = Path(cfg.train.output_dir)
+    checkpoint, start = start_point(cfg)  # (None, 0) for a fresh run; checked before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     random.seed(cfg.train.seed)
@@ -42,11 +52,12 @@ def train(cfg: Config) -> dict:
     sampler = PromptSampler(train_rows, cfg.train.seed)
     reward = build_reward(cfg.rewards)
     rollout = make_rollout(cfg.rollout.backend, backend.model, tokenizer, backend.model_path, cfg.rollout,
-                           seed=cfg.train.seed)
+                           seed=cfg.train.seed + start)  # a resumed engine does not replay step 0's seed
     estimator = get_advantage(cfg.algo.advantage)
     sampling = Sampling(n=cfg.rollout.num_samples, max_new_tokens=cfg.rollout.max_new_tokens,
                         temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p)
-    logger = MetricsLogger(run_dir, cfg.train.steps, cfg.log.progress, cfg.log.console_every)
+    logger = MetricsLogger(run_dir, cfg.train.steps, cfg.log.progress, cfg.log.console_every,
+                           append=checkpoint is not None, start_step=start)
     summary: dict = {}
 
     def run_eval(step: int) -> None:
@@ -57,9 +68,11 @@ def train(cfg: Config) -> dict:
         summary["eval_before" if step == 0 else "eval_after"] = metrics
 
     try:
-        if cfg.eval.before:
+        if checkpoint:  # weights, optimizer, data position, reward state, RNGs; weights pushed to the rollout
+            summary.update(resume(checkpoint, cfg, backend, sampler, reward, rollout, logger))
+        if cfg.eval.before and start == 0:
             run_eval(0)
-        for step in range(1, cfg.train.steps + 1):
+        for step in range(start + 1, cfg.train.steps + 1):
             timer = PhaseTimer()
             started = time.perf_counter()
             rows = sampler.next(cfg.train.prompts_per_step)
@@ -106,6 +119,8 @@ def train(cfg: Config) -> dict:
             metrics.update(timer.metrics())
             logger.log(step, metrics)
             summary["last_train"] = metrics
+            if should_save(cfg, step):
+                save_checkpoint(run_dir, step, backend, sampler, reward, cfg, extra={"summary": summary})
             if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
                 run_eval(step)
         if cfg.eval.after:

@@ -28,6 +28,13 @@ class TrainBackend(Protocol):
     def named_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Full (unsharded) parameters with Hugging Face names, for weight sync and export."""
 
+    def state_dict(self) -> dict:
+        """Everything a checkpoint needs: ``model`` (full HF-named tensors) plus the backend's
+        own picklable state (``optimizer``, ``scheduler``); see rlkit/checkpoint.py."""
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict()`` returned (hyper-parameters follow the current config)."""
+
     def save_pretrained(self, path: str, tokenizer) -> None: ...
 
 
@@ -36,7 +43,11 @@ def make_backend(cfg, total_optimizer_steps: int) -> TrainBackend:
         from rlkit.dist.single import SingleBackend
 
         return SingleBackend(cfg, total_optimizer_steps)
-    raise ValueError(f"training backend {cfg.backend.name!r} is not available yet; use 'single'")
+    if cfg.backend.name == "deepspeed":
+        from rlkit.dist.deepspeed import DeepSpeedBackend
+
+        return DeepSpeedBackend(cfg, total_optimizer_steps)
+    raise ValueError(f"unknown training backend {cfg.backend.name!r}; choose single or deepspeed")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -82,8 +82,8 @@ class SingleBackend:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, betas=tuple(cfg.train.betas),
                                            weight_decay=cfg.train.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(cfg.train.lr_schedule, cfg.train.warmup_steps, total_optimizer_steps))
+        self._lr_fn = lr_lambda(cfg.train.lr_schedule, cfg.train.warmup_steps, total_optimizer_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_fn)
         self.ref_model = None
         if cfg.algo.kl_coef:
             ref_path = resolve_model_path(cfg.model.reference or cfg.model.path)
@@ -131,22 +131,47 @@ class SingleBackend:
         # state_dict keeps tied weights under both names, which is what checkpoint loaders expect
         yield from self.model.state_dict().items()
 
+    def state_dict(self) -> dict:
+        """``model`` (HF-named tensors, live references), ``optimizer`` and ``scheduler`` states."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore weights, optimizer moments and the position in the LR schedule.
+
+        Hyper-parameters (lr, betas, weight decay and the schedule's shape) follow the current
+        config, not the checkpoint: a resumed run that raised ``train.steps`` continues on the
+        schedule it now has (with an unchanged config this is exactly the saved state).
+        """
+        self.model.load_state_dict(state["model"])
+        configured = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group, hyper in zip(self.optimizer.param_groups, configured):
+            group.update(hyper)
+        done = int(state["scheduler"]["last_epoch"])  # optimizer steps taken so far
+        # A scheduler built at last_epoch=done-1 steps once on creation: lr = initial_lr * fn(done).
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_fn, last_epoch=done - 1)
+
     def save_pretrained(self, path: str, tokenizer) -> None:
-        """Write a Hugging Face checkpoint atomically: temp folder beside ``path``, then rename."""
-        parent = os.path.dirname(os.path.abspath(path)) or "."
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".tmp-save-", dir=parent)
-        try:
-            self.model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            if os.path.exists(path):
-                old = path + ".old"
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                shutil.rmtree(tmp, ignore_errors=True)
+        atomic_save_pretrained(self.model, path, tokenizer)
+
+
+def atomic_save_pretrained(model, path: str, tokenizer, state_dict: dict | None = None) -> None:
+    """Write a Hugging Face checkpoint atomically: temp folder beside ``path``, then rename."""
+    parent = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-save-", dir=parent)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+        tokenizer.save_pretrained(tmp)
+        if os.path.exists(path):
+            old = path + ".old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)

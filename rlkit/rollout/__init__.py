@@ -44,7 +44,11 @@ class RolloutBackend(Protocol):
 
 
 def make_rollout(name: str, model, tokenizer, model_path: str, cfg, seed: int = 0) -> RolloutBackend:
-    """Build the backend named by ``rollout.backend``; ``model`` is the trainer's policy."""
+    """Build the backend named by ``rollout.backend``; ``model`` is the trainer's policy.
+
+    ``seed`` seeds the vLLM engine when it starts (a resumed run passes ``train.seed + step``;
+    what a resume restores for vLLM is described in rlkit/checkpoint.py).
+    """
     if name == "hf":
         from rlkit.rollout.hf import HFRollout
 

@@ -1,0 +1,291 @@
+"""Atomic checkpoints and exact resume.
+
+One checkpoint is the folder ``<train.output_dir>/checkpoints/step_<N>/`` (N = steps done):
+
+    model.safetensors   policy weights, HF names (tied weights once; aliases in the metadata)
+    optimizer.pt        the backend's other state: optimizer moments, LR-scheduler position
+    rng.pt              python ``random``, torch CPU, torch CUDA (once initialised), numpy
+    reward.pt           the reward module's ``state_dict()`` (tensors, numbers, strings, lists, dicts)
+    extra.pt            what the caller adds (the trainer: the run summary so far)
+    trainer_state.json  step, PromptSampler state, format version
+    config.yaml         the config of the run that wrote it
+    COMPLETE            written last; a folder without it is not a checkpoint
+
+Atomicity: every file is written and fsync'ed inside ``checkpoints/.tmp-step_<N>-*``, then the
+folder is renamed to its final name. A crash or SIGKILL at any point leaves the earlier
+checkpoints intact and at worst a ``.tmp-*`` folder, which ``latest_checkpoint`` ignores and
+the next save deletes. Pruned checkpoints are renamed to ``.trash-*`` before deletion, so no
+half-deleted folder ever keeps a ``step_<N>`` name.
+
+Exactness: with ``rollout.backend=hf`` sampling draws from torch's global RNG, so restoring the
+RNG states (after every component is built) makes a resumed run repeat the uninterrupted one
+bit for bit on CPU (tested). With ``rollout.backend=vllm`` the engine is seeded once when it
+starts (vLLM's ``set_random_seed``); a resumed run starts it with ``train.seed + step`` so it
+does not replay the seed of step 0, and the global RNG states are restored after that. This
+vLLM version samples requests that carry no seed of their own from torch's global generators
+(CPU and CUDA), which are restored: a tiny-model run on CPU with float32 weights resumed exactly
+(checked by hand, not in the tests). Not restored is what the engine keeps inside (scheduler
+queues, per-request generators, the prefix cache, which every weight update resets anyway), so
+for vLLM bitwise equal rollouts are likely on CPU but not promised (GPU kernels, bf16 weights).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import torch
+import yaml
+
+from rlkit.config import config_to_dict
+from rlkit.rng import rng_state, set_rng_state
+
+MARKER = "COMPLETE"
+WEIGHTS = "model.safetensors"
+FORMAT = 1
+IGNORED_CHANGES = ("train.resume", "train.output_dir")
+
+
+class CheckpointError(ValueError):
+    """A missing, incomplete or unusable checkpoint; the message names the path."""
+
+
+# ---------------------------------------------------------------- finding checkpoints
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run folder as ``(step, path)``, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    found = []
+    for path in root.glob("step_*") if root.is_dir() else ():
+        step = path.name[len("step_"):]
+        if step.isdigit() and (path / MARKER).is_file():
+            found.append((int(step), path))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The complete checkpoint with the highest step, or None."""
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The step a checkpoint was written at (CheckpointError when it is missing or incomplete)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if not (path / MARKER).is_file():
+        raise CheckpointError(f"{path} is not a complete checkpoint (no {MARKER} file)")
+    return int(json.loads((path / "trainer_state.json").read_text())["step"])
+
+
+def start_point(cfg) -> tuple[Path | None, int]:
+    """Where a run starts, from ``train.resume``: ``(checkpoint, step)`` or ``(None, 0)``.
+
+    ``never``, or ``auto`` without a checkpoint in ``train.output_dir``: a fresh run; an old
+    ``checkpoints/`` folder there is moved aside to ``checkpoints.<time>/`` (as metrics.jsonl
+    is) so that ``auto`` never picks up a checkpoint of an earlier, unrelated run. A path names
+    a checkpoint folder or a run folder (its latest checkpoint).
+    """
+    run_dir, resume = Path(cfg.train.output_dir), cfg.train.resume
+    path = None
+    if resume == "auto":
+        path = latest_checkpoint(run_dir)
+    elif resume != "never":
+        path = Path(resume)
+        if not (path / MARKER).is_file() and latest_checkpoint(path) is not None:
+            path = latest_checkpoint(path)
+    if path is None:
+        _set_aside(run_dir / "checkpoints")
+        return None, 0
+    try:
+        step = checkpoint_step(path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"train.resume={resume}: {exc}") from None
+    if step > cfg.train.steps:
+        raise CheckpointError(f"train.resume={resume}: {path} is at step {step}, past "
+                              f"train.steps={cfg.train.steps}; raise train.steps")
+    later = [p for s, p in list_checkpoints(run_dir) if s > step]
+    if later:
+        raise CheckpointError(f"train.resume={resume}: {run_dir} already holds later checkpoints "
+                              f"({', '.join(p.name for p in later)}); resume into another "
+                              f"train.output_dir or move them away")
+    return path, step
+
+
+def _set_aside(folder: Path) -> None:
+    """``checkpoints`` -> ``checkpoints.<mtime>`` (a random suffix if that exists too)."""
+    if folder.is_dir():
+        target = folder.with_name(f"{folder.name}.{int(folder.stat().st_mtime)}")
+        folder.rename(target.with_name(f"{target.name}-{uuid.uuid4().hex[:6]}") if target.exists() else target)
+
+
+def should_save(cfg, step: int) -> bool:
+    """Every ``train.save_every`` steps (0: never) and always at the last step."""
+    every = cfg.train.save_every
+    return step == cfg.train.steps or (every > 0 and step % every == 0)
+
+
+# ---------------------------------------------------------------- saving
+
+def save_checkpoint(run_dir: str | Path, step: int, backend, sampler, reward, cfg,
+                    extra: dict | None = None) -> Path:
+    """Write ``run_dir/checkpoints/step_<step>`` atomically, then keep the newest
+    ``train.keep_checkpoints`` (0 = all). ``extra`` is any torch-saveable dict."""
+    rng = rng_state()  # first: nothing below may move the RNGs before they are recorded
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(root)
+    final = root / f"step_{step}"
+    tmp = root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        state = dict(backend.state_dict())
+        save_weights(tmp / WEIGHTS, state.pop("model"))
+        _write(tmp / "optimizer.pt", state)
+        _write(tmp / "rng.pt", rng)
+        _write(tmp / "reward.pt", reward.state_dict())
+        _write(tmp / "extra.pt", extra or {})
+        meta = {"format": FORMAT, "step": step, "sampler": sampler.state_dict(), "time": time.time()}
+        _write(tmp / "trainer_state.json", json.dumps(meta, indent=2))
+        _write(tmp / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        _write(tmp / MARKER, f"{step}\n")
+        _fsync(tmp)
+        if final.exists():  # the same step saved again: swap the old one out first
+            _discard(final)
+        os.replace(tmp, final)
+        _fsync(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    prune(run_dir, cfg.train.keep_checkpoints, protect=final)
+    return final
+
+
+def prune(run_dir: str | Path, keep: int, protect: Path | None = None) -> None:
+    """Delete all but the ``keep`` newest complete checkpoints (``keep=0``: keep all)."""
+    if keep <= 0:
+        return
+    for _, path in list_checkpoints(run_dir)[:-keep]:
+        if path != protect:
+            _discard(path)
+
+
+def _discard(path: Path) -> None:
+    """Rename to ``.trash-*`` (atomic) and delete, so no half-deleted folder keeps its name."""
+    trash = path.with_name(f".trash-{path.name}-{uuid.uuid4().hex[:8]}")
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _remove_leftovers(root: Path) -> None:
+    """Temp and trash folders of an interrupted save or prune."""
+    for path in root.iterdir():
+        if path.name.startswith((".tmp-", ".trash-")):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # some platforms cannot open or sync a directory
+        pass
+
+
+def _write(path: Path, obj) -> None:
+    """Text as is, anything else with torch.save; flushed to disk before returning."""
+    if isinstance(obj, str):
+        path.write_text(obj)
+    else:
+        torch.save(obj, path)
+    _fsync(path)
+
+
+def save_weights(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """safetensors file of ``tensors``; names that share one tensor (tied weights) are stored
+    once and recorded as aliases in the file's metadata."""
+    from safetensors.torch import save_file
+
+    unique, aliases, seen = {}, {}, {}
+    for name, t in tensors.items():
+        key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        if key in seen and t.numel():
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        unique[name] = t.detach().cpu().contiguous()
+    save_file(unique, str(path), metadata={"aliases": json.dumps(aliases)})
+    _fsync(path)
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Inverse of ``save_weights`` (aliases filled back in)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+        aliases = json.loads((fh.metadata() or {}).get("aliases", "{}"))
+    tensors.update({alias: tensors[source] for alias, source in aliases.items()})
+    return tensors
+
+
+# ---------------------------------------------------------------- loading
+
+def load_checkpoint(path: str | Path, backend, sampler, reward) -> int:
+    """Restore weights, optimizer, scheduler, sampler, reward state and RNG states; the step."""
+    path = Path(path)
+    step = checkpoint_step(path)
+    meta = json.loads((path / "trainer_state.json").read_text())
+    parts = (
+        ("weights and optimizer", lambda: backend.load_state_dict(
+            {**_torch_load(path / "optimizer.pt"), "model": load_weights(path / WEIGHTS)})),
+        ("data position", lambda: sampler.load_state_dict(meta["sampler"])),
+        ("reward state", lambda: reward.load_state_dict(_torch_load(path / "reward.pt"))),
+        ("RNG states", lambda: set_rng_state(_torch_load(path / "rng.pt"))),
+    )
+    for what, restore in parts:
+        try:
+            restore()
+        except Exception as exc:  # noqa: BLE001 - reported with the path and the part
+            raise CheckpointError(f"{path}: cannot restore the {what}: {exc}") from exc
+    return step
+
+
+def read_extra(path: str | Path) -> dict:
+    """The ``extra`` dict a checkpoint was saved with."""
+    return _torch_load(Path(path) / "extra.pt")
+
+
+def _torch_load(path: Path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def resume(path: Path, cfg, backend, sampler, reward, rollout, logger) -> dict:
+    """Load a checkpoint into a built run, push the weights into the rollout engine, note the
+    resume in the metrics; returns the run summary saved with it."""
+    step = load_checkpoint(path, backend, sampler, reward)
+    rollout.update_weights(backend.named_parameters())
+    changes = config_changes(path / "config.yaml", cfg)
+    logger.log(step, {"checkpoint": str(path), "config_changes": changes}, kind="resume")
+    return dict(read_extra(path).get("summary", {}))
+
+
+def config_changes(saved_yaml: Path, cfg) -> list[str]:
+    """``key: old -> new`` for every config value that differs from the saved config."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    old = flat(yaml.safe_load(saved_yaml.read_text()) or {})
+    new = flat(config_to_dict(cfg))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k) and k not in IGNORED_CHANGES]

@@ -1,0 +1,163 @@
+"""The ``deepspeed`` training backend: ZeRO stage 2 or 3, launched by the ``deepspeed`` launcher.
+
+Each rank trains on its own rows.  The trainer's loss terms are normalised by *global* counts
+(summed over ranks), so the gradient of the whole batch is the *sum* of the ranks' gradients;
+DeepSpeed averages gradients over ranks, so each rank's loss is scaled by the world size.
+Gradient accumulation is driven by the caller: the accumulation boundary is set by hand, True
+only for the last micro-batch of a step, so ``engine.step()`` reduces and updates once however
+many micro-batches there are.  Ranks may hold different numbers of rows; since forward and
+backward passes are collective under ZeRO-3 (and the boundary reduction is under both stages),
+every rank runs the same number of micro-batches, padding with zero-weighted ones.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from rlkit.batch import RolloutBatch
+from rlkit.dist import LossFn
+from rlkit.dist.prefix import forward_logprobs_shared
+from rlkit.dist.single import forward_logprobs, lr_lambda
+from rlkit.models import load_causal_lm, resolve_model_path
+
+
+def deepspeed_config(cfg) -> dict:
+    """The DeepSpeed JSON config for a run config (optimizer and scheduler stay in rlkit)."""
+    zero: dict = {"stage": cfg.backend.zero_stage, "overlap_comm": False}
+    if cfg.backend.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    if cfg.backend.zero_stage == 3 and cfg.backend.offload_params:
+        zero["offload_param"] = {"device": "cpu"}
+    return {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": cfg.train.grad_clip,
+        "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+
+
+class DeepSpeedBackend:
+    def __init__(self, cfg, total_optimizer_steps: int):
+        import deepspeed
+
+        self.cfg = cfg
+        if not torch.distributed.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            deepspeed.init_distributed(dist_backend=backend)
+        self.rank = torch.distributed.get_rank()
+        self.world_size = torch.distributed.get_world_size()
+        if torch.cuda.is_available():
+            local = self.rank % torch.cuda.device_count()
+            torch.cuda.set_device(local)
+            self.device = torch.device("cuda", local)
+        else:
+            self.device = torch.device("cpu")
+        if cfg.train.threads and self.device.type == "cpu":
+            torch.set_num_threads(cfg.train.threads)
+        self.model_path = resolve_model_path(cfg.model.path) if self.rank == 0 else None
+        self.model_path = _broadcast_object(self.model_path)
+        model = load_causal_lm(self.model_path, "float32", str(self.device), cfg.model.gradient_checkpointing)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas),
+                                      weight_decay=cfg.train.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(cfg.train.lr_schedule, cfg.train.warmup_steps, total_optimizer_steps))
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg))
+        self.model = self.engine.module
+        self.zero_stage = cfg.backend.zero_stage
+        self.autocast = cfg.model.autocast_bf16 and cfg.model.dtype == "float32"
+        self.forward = forward_logprobs_shared if cfg.train.share_prompt_prefix else forward_logprobs
+        self.ref_model = None
+        if cfg.algo.kl_coef:
+            raise NotImplementedError("a KL reference model under DeepSpeed is not supported yet")
+
+    def all_reduce(self, values: list[float], op: str = "sum") -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t, op={"sum": torch.distributed.ReduceOp.SUM,
+                                            "max": torch.distributed.ReduceOp.MAX}[op])
+        return t.tolist()
+
+    @torch.no_grad()
+    def logprobs(self, batch: RolloutBatch, micro_batch_size: int) -> torch.Tensor:
+        out = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
+        chunks = list(torch.arange(batch.size).split(micro_batch_size))
+        total = int(self.all_reduce([len(chunks)], "max")[0])
+        for i in range(total):  # every rank runs the same number of forward passes (ZeRO-3)
+            idx = chunks[i] if i < len(chunks) else torch.tensor([0])
+            micro = batch.select(idx).trimmed().to(self.device)
+            lp, _ = self.forward(self.engine, micro, with_entropy=False, autocast=self.autocast)
+            if i < len(chunks):
+                out[idx, : lp.shape[1]] = lp.float().cpu()
+        return out
+
+    def train_step(self, micro_batches: list[RolloutBatch], loss_fn: LossFn) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        count = int(self.all_reduce([len(micro_batches)], "max")[0])
+        filler = micro_batches[0] if micro_batches else None
+        for i in range(count):
+            real = i < len(micro_batches)
+            micro = (micro_batches[i] if real else filler)
+            if micro is None:
+                raise RuntimeError("a rank without rows cannot pad its micro-batches; give every rank rows")
+            micro = micro.trimmed().to(self.device)
+            self.engine.set_gradient_accumulation_boundary(i == count - 1)
+            # through the engine: its forward advances ZeRO's micro-step so gradients accumulate
+            logp, entropy = self.forward(self.engine, micro, with_entropy=True, autocast=self.autocast,
+                                         entropy_grad=self.cfg.algo.entropy_coef != 0)
+            loss, metrics = loss_fn(logp, entropy, micro)
+            self.engine.backward(loss * (self.world_size if real else 0.0), scale_wrt_gas=False)
+            if real:
+                for k, v in metrics.items():
+                    totals[k] = totals.get(k, 0.0) + float(v)
+        lr = self.scheduler.get_last_lr()[0]
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        names = sorted(totals)
+        summed = self.all_reduce([totals[k] for k in names]) if names else []
+        out = dict(zip(names, summed))  # metrics are partial sums over ranks' global shares
+        out["grad_norm"] = float(norm) if norm is not None else float("nan")
+        out["lr"] = lr
+        return out
+
+    def named_parameters(self, bucket_numel: int = 50_000_000) -> Iterator[tuple[str, torch.Tensor]]:
+        """Full parameters by Hugging Face name; under ZeRO-3 gathered one bucket at a time."""
+        if self.zero_stage != 3:
+            yield from self.model.state_dict().items()
+            return
+        import deepspeed
+
+        bucket: list[tuple[str, torch.nn.Parameter]] = []
+        size = 0
+        for name, param in self.model.named_parameters():
+            bucket.append((name, param))
+            size += param.ds_numel
+            if size >= bucket_numel:
+                yield from _gathered(deepspeed, bucket)
+                bucket, size = [], 0
+        if bucket:
+            yield from _gathered(deepspeed, bucket)
+
+    def save_pretrained(self, path: str, tokenizer) -> None:
+        state = {name: t.detach().cpu().clone() for name, t in self.named_parameters()}
+        if self.rank == 0:
+            from rlkit.dist.single import atomic_save_pretrained
+
+            atomic_save_pretrained(self.model, path, tokenizer, state_dict=state)
+        torch.distributed.barrier()
+
+
+def _gathered(deepspeed, bucket):
+    with deepspeed.zero.GatheredParameters([p for _, p in bucket], modifier_rank=None):
+        for name, param in bucket:
+            yield name, param.data
+
+
+def _broadcast_object(value):
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
