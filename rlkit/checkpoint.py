@@ -3,13 +3,21 @@
 One checkpoint is the folder ``<train.output_dir>/checkpoints/step_<N>/`` (N = steps done):
 
     model.safetensors   policy weights, HF names (tied weights once; aliases in the metadata)
-    optimizer.pt        the backend's other state: optimizer moments, LR-scheduler position
-    rng.pt              python ``random``, torch CPU, torch CUDA (once initialised), numpy
+    optimizer.pt        single backend: optimizer moments, LR-scheduler position
+    deepspeed/          deepspeed backend: DeepSpeed's own checkpoint (ZeRO-sharded optimizer
+                        states, one file per rank, and the scheduler)
+    rng.pt              python ``random``, torch CPU, torch CUDA (once initialised), numpy;
+                        ``rng_rank<r>.pt`` for the other ranks of a distributed run
     reward.pt           the reward module's ``state_dict()`` (tensors, numbers, strings, lists, dicts)
     extra.pt            what the caller adds (the trainer: the run summary so far)
     trainer_state.json  step, PromptSampler state, format version
     config.yaml         the config of the run that wrote it
     COMPLETE            written last; a folder without it is not a checkpoint
+
+Under data parallelism every rank takes part (the backend's state is collective), rank 0
+writes the shared files, renames and prunes; the run folder must be on a file system all
+ranks see (as DeepSpeed's own checkpoints require).  ZeRO-sharded states resume only on the
+same number of ranks, which ``load_checkpoint`` checks.
 
 Atomicity: every file is written and fsync'ed inside ``checkpoints/.tmp-step_<N>-*``, then the
 folder is renamed to its final name. A crash or SIGKILL at any point leaves the earlier
@@ -82,13 +90,14 @@ def checkpoint_step(path: str | Path) -> int:
     return int(json.loads((path / "trainer_state.json").read_text())["step"])
 
 
-def start_point(cfg) -> tuple[Path | None, int]:
+def start_point(cfg, is_main: bool = True) -> tuple[Path | None, int]:
     """Where a run starts, from ``train.resume``: ``(checkpoint, step)`` or ``(None, 0)``.
 
     ``never``, or ``auto`` without a checkpoint in ``train.output_dir``: a fresh run; an old
     ``checkpoints/`` folder there is moved aside to ``checkpoints.<time>/`` (as metrics.jsonl
     is) so that ``auto`` never picks up a checkpoint of an earlier, unrelated run. A path names
-    a checkpoint folder or a run folder (its latest checkpoint).
+    a checkpoint folder or a run folder (its latest checkpoint). Only the main rank moves
+    folders (``is_main``); the others only read.
     """
     run_dir, resume = Path(cfg.train.output_dir), cfg.train.resume
     path = None
@@ -99,7 +108,8 @@ def start_point(cfg) -> tuple[Path | None, int]:
         if not (path / MARKER).is_file() and latest_checkpoint(path) is not None:
             path = latest_checkpoint(path)
     if path is None:
-        _set_aside(run_dir / "checkpoints")
+        if is_main:
+            _set_aside(run_dir / "checkpoints")
         return None, 0
     try:
         step = checkpoint_step(path)
@@ -134,35 +144,49 @@ def should_save(cfg, step: int) -> bool:
 def save_checkpoint(run_dir: str | Path, step: int, backend, sampler, reward, cfg,
                     extra: dict | None = None) -> Path:
     """Write ``run_dir/checkpoints/step_<step>`` atomically, then keep the newest
-    ``train.keep_checkpoints`` (0 = all). ``extra`` is any torch-saveable dict."""
+    ``train.keep_checkpoints`` (0 = all). ``extra`` is any torch-saveable dict.
+
+    Every rank of a distributed run calls this at the same step."""
     rng = rng_state()  # first: nothing below may move the RNGs before they are recorded
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(root)
     final = root / f"step_{step}"
-    tmp = root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    tmp = None
+    if backend.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(root)
+        tmp = root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+    tmp = Path(backend.broadcast_object(str(tmp) if tmp else None))
     try:
-        state = dict(backend.state_dict())
-        save_weights(tmp / WEIGHTS, state.pop("model"))
-        _write(tmp / "optimizer.pt", state)
-        _write(tmp / "rng.pt", rng)
-        _write(tmp / "reward.pt", reward.state_dict())
-        _write(tmp / "extra.pt", extra or {})
-        meta = {"format": FORMAT, "step": step, "sampler": sampler.state_dict(), "time": time.time()}
-        _write(tmp / "trainer_state.json", json.dumps(meta, indent=2))
-        _write(tmp / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-        _write(tmp / MARKER, f"{step}\n")
-        _fsync(tmp)
-        if final.exists():  # the same step saved again: swap the old one out first
-            _discard(final)
-        os.replace(tmp, final)
-        _fsync(root)
+        backend.save_state(tmp)  # collective: every rank writes its shard
+        write_file(tmp / rng_file(backend.rank), rng)
+        if backend.is_main:
+            write_file(tmp / "reward.pt", reward.state_dict())
+            write_file(tmp / "extra.pt", extra or {})
+            meta = {"format": FORMAT, "step": step, "sampler": sampler.state_dict(), "time": time.time(),
+                    "backend": cfg.backend.name, "world_size": backend.world_size}
+            write_file(tmp / "trainer_state.json", json.dumps(meta, indent=2))
+            write_file(tmp / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        backend.barrier()  # every rank's files are on disk before the marker says so
+        if backend.is_main:
+            write_file(tmp / MARKER, f"{step}\n")
+            _fsync(tmp)
+            if final.exists():  # the same step saved again: swap the old one out first
+                _discard(final)
+            os.replace(tmp, final)
+            _fsync(root)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if backend.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
-    prune(run_dir, cfg.train.keep_checkpoints, protect=final)
+    if backend.is_main:
+        prune(run_dir, cfg.train.keep_checkpoints, protect=final)
+    backend.barrier()
     return final
+
+
+def rng_file(rank: int) -> str:
+    return "rng.pt" if rank == 0 else f"rng_rank{rank}.pt"
 
 
 def prune(run_dir: str | Path, keep: int, protect: Path | None = None) -> None:
@@ -199,7 +223,7 @@ def _fsync(path: Path) -> None:
         pass
 
 
-def _write(path: Path, obj) -> None:
+def write_file(path: Path, obj) -> None:
     """Text as is, anything else with torch.save; flushed to disk before returning."""
     if isinstance(obj, str):
         path.write_text(obj)
@@ -243,12 +267,16 @@ def load_checkpoint(path: str | Path, backend, sampler, reward) -> int:
     path = Path(path)
     step = checkpoint_step(path)
     meta = json.loads((path / "trainer_state.json").read_text())
+    saved_world = int(meta.get("world_size", 1))
+    if (path / "deepspeed").is_dir() and saved_world != backend.world_size:
+        raise CheckpointError(f"{path}: written by {saved_world} DeepSpeed ranks; its ZeRO-sharded optimizer "
+                              f"states load only on {saved_world} ranks, not {backend.world_size}")
+    rng_path = path / rng_file(backend.rank)
     parts = (
-        ("weights and optimizer", lambda: backend.load_state_dict(
-            {**_torch_load(path / "optimizer.pt"), "model": load_weights(path / WEIGHTS)})),
+        ("weights and optimizer", lambda: backend.load_state(path)),
         ("data position", lambda: sampler.load_state_dict(meta["sampler"])),
-        ("reward state", lambda: reward.load_state_dict(_torch_load(path / "reward.pt"))),
-        ("RNG states", lambda: set_rng_state(_torch_load(path / "rng.pt"))),
+        ("reward state", lambda: reward.load_state_dict(load_torch(path / "reward.pt"))),
+        ("RNG states", lambda: set_rng_state(load_torch(rng_path if rng_path.exists() else path / "rng.pt"))),
     )
     for what, restore in parts:
         try:
@@ -260,10 +288,10 @@ def load_checkpoint(path: str | Path, backend, sampler, reward) -> int:
 
 def read_extra(path: str | Path) -> dict:
     """The ``extra`` dict a checkpoint was saved with."""
-    return _torch_load(Path(path) / "extra.pt")
+    return load_torch(Path(path) / "extra.pt")
 
 
-def _torch_load(path: Path):
+def load_torch(path: Path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -271,9 +299,10 @@ def resume(path: Path, cfg, backend, sampler, reward, rollout, logger) -> dict:
     """Load a checkpoint into a built run, push the weights into the rollout engine, note the
     resume in the metrics; returns the run summary saved with it."""
     step = load_checkpoint(path, backend, sampler, reward)
-    rollout.update_weights(backend.named_parameters())
+    rollout.update_weights(backend.sync_weights())
     changes = config_changes(path / "config.yaml", cfg)
-    logger.log(step, {"checkpoint": str(path), "config_changes": changes}, kind="resume")
+    if logger is not None:
+        logger.log(step, {"checkpoint": str(path), "config_changes": changes}, kind="resume")
     return dict(read_extra(path).get("summary", {}))
 
 

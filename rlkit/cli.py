@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The deepspeed launcher adds --local_rank=N in front of our arguments; LOCAL_RANK says the same.
+    argv = [a for a in argv if not a.startswith("--local_rank")]
     parser = argparse.ArgumentParser(prog="rlkit", description="RL fine-tuning of language models")
     sub = parser.add_subparsers(dest="command", required=True)
     tr = sub.add_parser("train", help="run RL training from a YAML config")
@@ -38,9 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         summary = train(cfg)
-    except (DataError, RewardError, CheckpointError) as exc:
+    except (ConfigError, DataError, RewardError, CheckpointError) as exc:
         print(f"rlkit: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     minutes = (time.perf_counter() - started) / 60
     before = summary.get("eval_before", {}).get("eval/accuracy")
     after = summary.get("eval_after", {}).get("eval/accuracy")

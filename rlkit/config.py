@@ -23,12 +23,23 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class LoraConfig:
+    """PEFT LoRA adapters on the policy (``r: 0`` = full fine-tuning); see rlkit/dist/lora.py."""
+    r: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    bias: str = "none"                # none | all | lora_only (PEFT's choices)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     path: str = "embedded:smollm2-135m-instruct"  # a local directory, a hub id, or embedded:NAME
     dtype: str = "float32"            # weights in the trainer: float32 | bfloat16
     autocast_bf16: bool = True        # bf16 autocast for forward/backward (fast on AVX512-BF16 / GPUs)
     gradient_checkpointing: bool = False
     reference: str | None = None      # reference policy for KL; None = the starting policy when kl_coef > 0
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,8 @@ class RolloutConfig:
     max_model_len: int = 512
     enforce_eager: bool = True
     dtype: str = "auto"               # vLLM weights dtype; auto = bfloat16 when the device supports it
+    tensor_parallel_size: int = 1     # vLLM tensor parallelism over that many consecutive ranks (colocated)
+    sleep: bool = False               # CUDA: the engine frees its GPU memory while the trainer trains
 
 
 @dataclass(frozen=True)
@@ -275,6 +288,12 @@ def check_config(cfg: Config) -> None:
         bad("backend.name", f"unknown training backend {cfg.backend.name!r}; choose single or deepspeed")
     if cfg.backend.zero_stage not in (2, 3):
         bad("backend.zero_stage", "choose 2 or 3")
+    if cfg.model.lora.r < 0 or (cfg.model.lora.r and not cfg.model.lora.target_modules):
+        bad("model.lora", "r must be >= 0, and a LoRA run needs target_modules")
+    if cfg.model.lora.bias not in ("none", "all", "lora_only"):
+        bad("model.lora.bias", "choose none, all or lora_only")
+    if cfg.rollout.tensor_parallel_size < 1:
+        bad("rollout.tensor_parallel_size", "must be >= 1")
     if cfg.rollout.num_samples < 1:
         bad("rollout.num_samples", "must be >= 1")
     if cfg.rollout.max_new_tokens < 1 or cfg.eval.max_new_tokens < 1:

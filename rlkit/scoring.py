@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 
 import torch
 
@@ -77,12 +76,3 @@ def isolate_unscored(group_ids: torch.Tensor, scored: torch.Tensor) -> torch.Ten
     its prompt's group statistics (a failed or not-applicable reward is not a zero reward)."""
     fresh = group_ids.max() + 1 + torch.arange(group_ids.numel())
     return torch.where(scored, group_ids, fresh)
-
-
-def component_means(batch: RolloutBatch) -> dict[str, float]:
-    """``reward/<name>``: mean over the rows where the component applies."""
-    out = {}
-    for name, values in batch.reward_components.items():
-        valid = values[~torch.isnan(values)]
-        out[f"reward/{name}"] = float(valid.mean()) if valid.numel() else math.nan
-    return out

@@ -8,6 +8,8 @@ Every branch below is a named config switch; the loop never asks which algorithm
 from __future__ import annotations
 
 import json
+import math
+import os
 import random
 import time
 from pathlib import Path
@@ -17,55 +19,72 @@ import torch
 from rlkit.algorithms.advantages import get_advantage
 from rlkit.batch import RolloutBatch, build_batch
 from rlkit.checkpoint import resume, save_checkpoint, should_save, start_point
-from rlkit.config import Config, save_config
+from rlkit.config import Config, ConfigError, save_config
 from rlkit.data import PromptSampler, load_rows, prompt_token_ids
 from rlkit.dist import make_backend
-from rlkit.eval.heldout import evaluate_heldout
+from rlkit.dist.sharding import RankShare
+from rlkit.eval.heldout import heldout_records, summarize_heldout
 from rlkit.logging import MetricsLogger, PhaseTimer
 from rlkit.models import load_tokenizer
 from rlkit.objective import make_loss_fn
 from rlkit.rollout import Sampling, make_rollout
-from rlkit.scoring import build_reward, component_means, isolate_unscored, score_batch, scored_rows
+from rlkit.scoring import build_reward, isolate_unscored, score_batch, scored_rows
 
 
 def train(cfg: Config) -> dict:
     """Run ``cfg.train.steps`` RL steps; returns the final metrics (eval included).
 
     With ``train.resume`` the run continues after the checkpoint's step (rlkit/checkpoint.py).
+    Under a data-parallel backend every rank runs this same loop on its share of the prompts
+    (rlkit/dist/sharding.py); the main rank logs and writes the shared files.
     """
-    if cfg.backend.name != "single":
-        raise NotImplementedError(
-            f"backend.name={cfg.backend.name!r}: the training loop drives only the 'single' backend so far; "
-            "rlkit.dist.deepspeed.DeepSpeedBackend is tested step by step, but data-parallel rollouts "
-            "and ZeRO checkpoints in the loop are open work")
+    if cfg.backend.name == "deepspeed" and cfg.backend.zero_stage == 3 and cfg.rollout.backend == "hf":
+        raise ConfigError("rollout.backend=hf cannot generate from ZeRO-3 shards (ranks would wait on each "
+                          "other's generation steps); use rollout.backend=vllm or backend.zero_stage=2")
     run_dir = Path(cfg.train.output_dir)
-    checkpoint, start = start_point(cfg)  # (None, 0) for a fresh run; checked before anything is written
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    random.seed(cfg.train.seed)
-    torch.manual_seed(cfg.train.seed)
+    # (None, 0) for a fresh run; checked before anything is written.  RANK is set by the launcher.
+    checkpoint, start = start_point(cfg, is_main=int(os.environ.get("RANK", "0")) == 0)
 
     optimizer_steps = cfg.train.steps * cfg.algo.epochs * cfg.algo.mini_batches
     backend = make_backend(cfg, optimizer_steps)
+    share = RankShare(backend.rank, backend.world_size, cfg.rollout.tensor_parallel_size)
+    share.check(cfg.train.prompts_per_step)
+    if backend.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    backend.barrier()
+    random.seed(cfg.train.seed)
+    torch.manual_seed(cfg.train.seed + backend.rank)  # hf sampling differs between ranks
+
     tokenizer = load_tokenizer(backend.model_path)
     train_rows, eval_rows = load_rows(cfg.data, cfg.train.seed)
-    sampler = PromptSampler(train_rows, cfg.train.seed)
+    sampler = PromptSampler(train_rows, cfg.train.seed)  # the same draws on every rank
     reward = build_reward(cfg.rewards)
+    # A resumed engine does not replay step 0's seed; each data-parallel group samples its own.
     rollout = make_rollout(cfg.rollout.backend, backend.model, tokenizer, backend.model_path, cfg.rollout,
-                           seed=cfg.train.seed + start)  # a resumed engine does not replay step 0's seed
+                           seed=cfg.train.seed + start + 1_000_003 * share.dp_rank, world_size=backend.world_size)
     estimator = get_advantage(cfg.algo.advantage)
     sampling = Sampling(n=cfg.rollout.num_samples, max_new_tokens=cfg.rollout.max_new_tokens,
                         temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p)
     logger = MetricsLogger(run_dir, cfg.train.steps, cfg.log.progress, cfg.log.console_every,
-                           append=checkpoint is not None, start_step=start)
+                           append=checkpoint is not None, start_step=start) if backend.is_main else None
     summary: dict = {}
 
+    def log(step: int, metrics: dict, kind: str = "train") -> None:
+        if logger is not None:
+            logger.log(step, metrics, kind=kind)
+
     def run_eval(step: int) -> None:
-        metrics, records = evaluate_heldout(rollout, tokenizer, eval_rows, reward, cfg.data,
-                                            cfg.eval.max_new_tokens, cfg.rewards.accuracy_component)
-        logger.log(step, metrics, kind="eval")
-        (run_dir / f"eval_step{step}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-        summary["eval_before" if step == 0 else "eval_after"] = metrics
+        mine = [eval_rows[i] for i in share.generation_indices(len(eval_rows))]
+        records = heldout_records(rollout, tokenizer, mine, reward, cfg.data, cfg.eval.max_new_tokens,
+                                  cfg.rewards.accuracy_component)
+        gathered = backend.all_gather_object(records if share.tp_rank == 0 else [])
+        if backend.is_main:
+            records = [r for part in gathered for r in part]
+            metrics = summarize_heldout(records)
+            log(step, metrics, kind="eval")
+            (run_dir / f"eval_step{step}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+            summary["eval_before" if step == 0 else "eval_after"] = metrics
 
     try:
         if checkpoint:  # weights, optimizer, data position, reward state, RNGs; weights pushed to the rollout
@@ -75,15 +94,19 @@ def train(cfg: Config) -> dict:
         for step in range(start + 1, cfg.train.steps + 1):
             timer = PhaseTimer()
             started = time.perf_counter()
-            rows = sampler.next(cfg.train.prompts_per_step)
+            step_rows = sampler.next(cfg.train.prompts_per_step)
+            global_index = share.generation_indices(len(step_rows))
+            rows = [step_rows[i] for i in global_index]
 
             with timer("generate"):
                 prompts = prompt_token_ids(rows, tokenizer, cfg.data)
                 gens = rollout.generate(prompts, sampling)
+                gens = [g for g in gens if share.trains_on(g.prompt_index)]
+                rollout.sleep()
             batch = build_batch(
                 prompt_ids=[prompts[g.prompt_index] for g in gens],
                 completion_ids=[g.token_ids for g in gens],
-                group_ids=[(step - 1) * len(rows) + g.prompt_index for g in gens],
+                group_ids=[(step - 1) * len(step_rows) + global_index[g.prompt_index] for g in gens],
                 finished=[g.finished for g in gens],
                 pad_token_id=tokenizer.pad_token_id,
                 rollout_logprobs=[g.logprobs for g in gens] if gens and gens[0].logprobs is not None else None,
@@ -109,15 +132,16 @@ def train(cfg: Config) -> dict:
                 train_metrics = optimize(backend, batch, cfg)
 
             with timer("sync"):
-                rollout.update_weights(backend.named_parameters())
+                rollout.wake()
+                rollout.update_weights(backend.sync_weights())
 
             step_seconds = time.perf_counter() - started
-            metrics = step_metrics(batch, result, cfg, step_seconds)
-            metrics["reward/unscored_rows"] = float((~scored).sum())
+            parts = backend.all_gather_object(rollout_stats(batch, len(result.failures), int((~scored).sum())))
+            metrics = step_metrics(merge_stats(parts), cfg, step_seconds)
             metrics.update(train_metrics)
             metrics.update(reward_metrics)
             metrics.update(timer.metrics())
-            logger.log(step, metrics)
+            log(step, metrics)
             summary["last_train"] = metrics
             if should_save(cfg, step):
                 save_checkpoint(run_dir, step, backend, sampler, reward, cfg, extra={"summary": summary})
@@ -127,63 +151,97 @@ def train(cfg: Config) -> dict:
             run_eval(cfg.train.steps)
         if cfg.train.save_final:
             backend.save_pretrained(str(run_dir / "final"), tokenizer)
+        if backend.is_main:
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     finally:
-        logger.close()
+        if logger is not None:
+            logger.close()
         reward.close()
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        rollout.close()  # before the backend: vLLM's shutdown leaves the process group too
+        backend.close()
     return summary
 
 
 def optimize(backend, batch: RolloutBatch, cfg: Config) -> dict:
     """``algo.epochs`` passes of ``algo.mini_batches`` optimizer steps over the rollout batch.
 
-    With ``train.skip_zero_advantage`` (and no KL or entropy term) rows whose advantages are all
-    zero are left out of the forward/backward: their loss and gradient are exactly zero, while
-    the loss denominators still count them, so the update is unchanged.
+    Loss denominators are the counts over all ranks, so N ranks make the update one process
+    would make on the whole batch.  With ``train.skip_zero_advantage`` (and no KL or entropy
+    term) rows whose advantages are all zero are left out of the forward/backward: their loss
+    and gradient are exactly zero, while the denominators still count them.
     """
     algo = cfg.algo
     order = torch.randperm(batch.size) if algo.mini_batches > 1 else torch.arange(batch.size)
-    minis = order.chunk(algo.mini_batches)
+    minis = torch.tensor_split(order, algo.mini_batches)  # the same number on every rank, some maybe empty
     totals: dict[str, float] = {}
     for _ in range(algo.epochs):
         for mini in minis:
             sub = batch.select(mini)
-            num_seqs, num_tokens = sub.size, int(sub.loss_mask.sum())
             keep = torch.arange(sub.size)
             if cfg.train.skip_zero_advantage and not algo.kl_coef and not algo.entropy_coef:
                 keep = torch.nonzero((sub.advantages != 0).any(dim=1)).flatten()
-            if keep.numel() == 0:
-                continue
             trained = sub.select(keep)
-            loss_fn = make_loss_fn(algo, num_seqs, num_tokens, cfg.rollout.max_new_tokens,
-                                   metric_tokens=int(trained.loss_mask.sum()))
+            num_seqs, num_tokens, metric_tokens, trained_rows = backend.all_reduce(
+                [sub.size, int(sub.loss_mask.sum()), int(trained.loss_mask.sum()), trained.size])
+            if trained_rows == 0:  # no rank has a row that moves the weights
+                continue
+            loss_fn = make_loss_fn(algo, int(num_seqs), int(num_tokens), cfg.rollout.max_new_tokens,
+                                   metric_tokens=int(metric_tokens))
             # Rows sorted by length fill each micro-batch with similar lengths: little padding.
             by_length = torch.argsort(trained.completion_lengths, stable=True)
             micro = [trained.select(idx) for idx in by_length.split(cfg.train.micro_batch_size)]
-            for k, v in backend.train_step(micro, loss_fn).items():
+            filler = batch.select(torch.arange(1)) if batch.size else None  # a rank with nothing to train
+            for k, v in backend.train_step(micro, loss_fn, filler=filler).items():
                 totals[k] = totals.get(k, 0.0) + v / (algo.epochs * len(minis))
-            totals["trained_rows"] = totals.get("trained_rows", 0.0) + trained.size / algo.epochs
+            totals["trained_rows"] = totals.get("trained_rows", 0.0) + trained_rows / algo.epochs
     return totals
 
 
-def step_metrics(batch: RolloutBatch, result, cfg: Config, seconds: float) -> dict:
-    lengths = batch.completion_lengths.float()
-    scores = batch.scores
-    groups = batch.group_ids.unique()
-    solved = [float(scores[batch.group_ids == g].std()) == 0.0 if (batch.group_ids == g).sum() > 1 else True
+def rollout_stats(batch: RolloutBatch, failures: int, unscored: int) -> dict:
+    """What ``step_metrics`` needs from one rank's batch, small enough to gather."""
+    return {"scores": batch.scores.tolist(), "lengths": batch.completion_lengths.tolist(),
+            "finished": batch.finished.tolist(), "group_ids": batch.group_ids.tolist(),
+            "components": {k: v.tolist() for k, v in batch.reward_components.items()},
+            "failures": failures, "unscored": unscored}
+
+
+def merge_stats(parts: list[dict]) -> dict:
+    """The ranks' ``rollout_stats`` concatenated (one part when training alone)."""
+    merged = {"scores": [], "lengths": [], "finished": [], "group_ids": [], "components": {},
+              "failures": 0, "unscored": 0}
+    for part in parts:
+        for key in ("scores", "lengths", "finished", "group_ids"):
+            merged[key].extend(part[key])
+        for name, values in part["components"].items():
+            merged["components"].setdefault(name, []).extend(values)
+        merged["failures"] += part["failures"]
+        merged["unscored"] += part["unscored"]
+    return merged
+
+
+def step_metrics(stats: dict, cfg: Config, seconds: float) -> dict:
+    """Rollout metrics of a step from ``merge_stats`` (all ranks' rows)."""
+    lengths = torch.tensor(stats["lengths"], dtype=torch.float32)
+    scores = torch.tensor(stats["scores"], dtype=torch.float32)
+    group_ids = torch.tensor(stats["group_ids"])
+    groups = group_ids.unique()
+    solved = [float(scores[group_ids == g].std()) == 0.0 if (group_ids == g).sum() > 1 else True
               for g in groups]
     metrics = {
         "reward/mean": float(scores.mean()),
-        "reward/std": float(scores.std()) if batch.size > 1 else 0.0,
+        "reward/std": float(scores.std()) if scores.numel() > 1 else 0.0,
         "response_length": float(lengths.mean()),
         "response_length_max": float(lengths.max()),
-        "finished_frac": float(batch.finished.float().mean()),
+        "finished_frac": sum(stats["finished"]) / len(stats["finished"]),
         "zero_std_group_frac": sum(solved) / len(solved),
-        "reward/failures": float(len(result.failures)),
+        "reward/failures": float(stats["failures"]),
+        "reward/unscored_rows": float(stats["unscored"]),
         "tokens_per_s": float(lengths.sum()) / max(seconds, 1e-9),
         "time/step": seconds,
     }
-    metrics.update(component_means(batch))
+    for name, values in stats["components"].items():
+        valid = [v for v in values if not math.isnan(v)]
+        metrics[f"reward/{name}"] = sum(valid) / len(valid) if valid else math.nan
     acc = cfg.rewards.accuracy_component
     if acc and f"reward/{acc}" in metrics:
         metrics["accuracy"] = metrics[f"reward/{acc}"]

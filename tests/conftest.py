@@ -57,6 +57,32 @@ def run_cli(overrides: list[str], run_dir: str | Path, config: str | Path | None
     return CLIResult(proc.returncode, proc.stdout, proc.stderr, Path(run_dir))
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_deepspeed_cli(overrides: list[str], run_dir: str | Path, ranks: int = 2, timeout: float = 420,
+                      config: str | Path | None = None) -> CLIResult:
+    """``deepspeed --num_gpus RANKS --module rlkit.cli train ...`` on CPU (gloo); with ``config``
+    through the user-facing ``scripts/train_cpu.sh CONFIG ...`` instead."""
+    env = subprocess_env()
+    env.update(DS_ACCELERATOR="cpu", PATH=str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""))
+    tail = [*overrides, "backend.name=deepspeed", f"train.output_dir={run_dir}"]
+    if config is not None:
+        env.update(NPROC=str(ranks), MASTER_PORT=str(free_port()))
+        cmd = ["bash", str(REPO_ROOT / "scripts" / "train_cpu.sh"), str(config), *tail]
+    else:
+        launcher = str(Path(sys.executable).parent / "deepspeed")
+        cmd = [launcher, "--num_gpus", str(ranks), "--master_port", str(free_port()), "--module", "rlkit.cli",
+               "train", *tail]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return CLIResult(proc.returncode, proc.stdout, proc.stderr, Path(run_dir))
+
+
 def tiny_overrides(model_dir: str, backend: str = "hf", **extra) -> list[str]:
     """Overrides for a fast run on the tiny model; ``extra`` keys use ``__`` for dots."""
     base = {

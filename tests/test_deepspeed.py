@@ -28,7 +28,8 @@ def _env():
 def _run(args, out: Path, timeout: int = 420) -> dict:
     proc = subprocess.run(args + ["--out", str(out)], cwd=ROOT, env=_env(), capture_output=True, text=True,
                           timeout=timeout)
-    assert proc.returncode == 0 and out.exists(), (proc.stdout[-2000:], proc.stderr[-4000:])
+    errors = [line for line in proc.stderr.splitlines() if "Error" in line or "terminate" in line]
+    assert proc.returncode == 0 and out.exists(), (proc.stdout[-2000:], errors[:20], proc.stderr[-3000:])
     return json.loads(out.read_text())
 
 
@@ -41,7 +42,9 @@ def single_result(tiny_model, tmp_path_factory):
 @pytest.mark.parametrize("stage", [2, 3])
 def test_two_ranks_match_the_single_backend(stage, tiny_model, single_result, tmp_path):
     launcher = str(Path(sys.executable).parent / "deepspeed")
-    result = _run([launcher, "--num_gpus", "2", str(HELPER), "--model", tiny_model, "--stage", str(stage)],
+    from conftest import free_port
+
+    result = _run([launcher, "--num_gpus", "2", "--master_port", str(free_port()), str(HELPER), "--model", tiny_model, "--stage", str(stage)],
                   tmp_path / f"zero{stage}.json")
     assert result["world"] == 2 and single_result["world"] == 1
     assert abs(single_result["loss"]) > 1e-3, "the check needs a non-trivial loss"

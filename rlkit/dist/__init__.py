@@ -1,4 +1,4 @@
-"""Training backends behind one Protocol: ``single`` (one process) and, later, ``deepspeed``.
+"""Training backends behind one Protocol: ``single`` (one process) and ``deepspeed`` (N ranks).
 
 A backend owns the policy's forward pass, the optimizer and the LR schedule.  The trainer
 hands it micro-batches and a loss function ``loss_fn(logp, entropy, micro) -> (loss, metrics)``
@@ -26,16 +26,33 @@ class TrainBackend(Protocol):
         """One optimizer step over the micro-batches; returns grad_norm, lr and loss metrics."""
 
     def named_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Full (unsharded) parameters with Hugging Face names, for weight sync and export."""
+        """Full (unsharded) parameters with Hugging Face names (LoRA merged in), for export."""
 
-    def state_dict(self) -> dict:
-        """Everything a checkpoint needs: ``model`` (full HF-named tensors) plus the backend's
-        own picklable state (``optimizer``, ``scheduler``); see rlkit/checkpoint.py."""
+    def sync_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """What the rollout engine needs after a step (with LoRA only the layers that changed)."""
 
-    def load_state_dict(self, state: dict) -> None:
-        """Restore what ``state_dict()`` returned (hyper-parameters follow the current config)."""
+    def save_state(self, folder) -> None:
+        """Write this rank's part of a checkpoint into ``folder`` (see rlkit/checkpoint.py)."""
+
+    def load_state(self, folder) -> None:
+        """Restore weights, optimizer and LR-schedule position (hyper-parameters follow the config)."""
 
     def save_pretrained(self, path: str, tokenizer) -> None: ...
+
+    # collectives (rlkit/dist/collectives.py): identities in one process
+    rank: int
+    world_size: int
+    is_main: bool
+
+    def all_reduce(self, values: list[float], op: str = "sum") -> list[float]: ...
+
+    def all_gather_object(self, obj) -> list: ...
+
+    def broadcast_object(self, obj): ...
+
+    def barrier(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def make_backend(cfg, total_optimizer_steps: int) -> TrainBackend:

@@ -17,6 +17,8 @@ import torch
 
 from rlkit.batch import RolloutBatch
 from rlkit.dist import LossFn
+from rlkit.dist.collectives import TorchCollectives
+from rlkit.dist.lora import apply_lora, is_lora, merged_weights, save_adapter
 from rlkit.dist.prefix import forward_logprobs_shared
 from rlkit.dist.single import forward_logprobs, lr_lambda
 from rlkit.models import load_causal_lm, resolve_model_path
@@ -41,7 +43,9 @@ def deepspeed_config(cfg) -> dict:
     }
 
 
-class DeepSpeedBackend:
+class DeepSpeedBackend(TorchCollectives):
+    name = "deepspeed"
+
     def __init__(self, cfg, total_optimizer_steps: int):
         import deepspeed
 
@@ -60,9 +64,12 @@ class DeepSpeedBackend:
         if cfg.train.threads and self.device.type == "cpu":
             torch.set_num_threads(cfg.train.threads)
         self.model_path = resolve_model_path(cfg.model.path) if self.rank == 0 else None
-        self.model_path = _broadcast_object(self.model_path)
+        self.model_path = self.broadcast_object(self.model_path)
         model = load_causal_lm(self.model_path, "float32", str(self.device), cfg.model.gradient_checkpointing)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas),
+        if cfg.model.lora.r:
+            model = apply_lora(model, cfg.model.lora, cfg.model.gradient_checkpointing)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, betas=tuple(cfg.train.betas),
                                       weight_decay=cfg.train.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(cfg.train.lr_schedule, cfg.train.warmup_steps, total_optimizer_steps))
@@ -75,12 +82,6 @@ class DeepSpeedBackend:
         self.ref_model = None
         if cfg.algo.kl_coef:
             raise NotImplementedError("a KL reference model under DeepSpeed is not supported yet")
-
-    def all_reduce(self, values: list[float], op: str = "sum") -> list[float]:
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(t, op={"sum": torch.distributed.ReduceOp.SUM,
-                                            "max": torch.distributed.ReduceOp.MAX}[op])
-        return t.tolist()
 
     @torch.no_grad()
     def logprobs(self, batch: RolloutBatch, micro_batch_size: int) -> torch.Tensor:
@@ -95,15 +96,18 @@ class DeepSpeedBackend:
                 out[idx, : lp.shape[1]] = lp.float().cpu()
         return out
 
-    def train_step(self, micro_batches: list[RolloutBatch], loss_fn: LossFn) -> dict[str, float]:
+    def train_step(self, micro_batches: list[RolloutBatch], loss_fn: LossFn,
+                   filler: RolloutBatch | None = None) -> dict[str, float]:
+        """One optimizer step; ranks with fewer micro-batches (or none: then ``filler``, any row
+        of theirs) run zero-weighted passes so that every rank makes the same collective calls."""
         totals: dict[str, float] = {}
         count = int(self.all_reduce([len(micro_batches)], "max")[0])
-        filler = micro_batches[0] if micro_batches else None
+        filler = micro_batches[0] if micro_batches else filler
         for i in range(count):
             real = i < len(micro_batches)
             micro = (micro_batches[i] if real else filler)
             if micro is None:
-                raise RuntimeError("a rank without rows cannot pad its micro-batches; give every rank rows")
+                raise RuntimeError("a rank without rows cannot pad its micro-batches; pass a filler row")
             micro = micro.trimmed().to(self.device)
             self.engine.set_gradient_accumulation_boundary(i == count - 1)
             # through the engine: its forward advances ZeRO's micro-step so gradients accumulate
@@ -125,7 +129,11 @@ class DeepSpeedBackend:
         return out
 
     def named_parameters(self, bucket_numel: int = 50_000_000) -> Iterator[tuple[str, torch.Tensor]]:
-        """Full parameters by Hugging Face name; under ZeRO-3 gathered one bucket at a time."""
+        """Full parameters by Hugging Face name (LoRA merged in); under ZeRO-3 gathered a bucket
+        of about ``bucket_numel`` elements (or, with LoRA, one module) at a time, on every rank."""
+        if is_lora(self.model):
+            yield from merged_weights(self.model, gather=self._gather_context)
+            return
         if self.zero_stage != 3:
             yield from self.model.state_dict().items()
             return
@@ -142,22 +150,73 @@ class DeepSpeedBackend:
         if bucket:
             yield from _gathered(deepspeed, bucket)
 
-    def save_pretrained(self, path: str, tokenizer) -> None:
-        state = {name: t.detach().cpu().clone() for name, t in self.named_parameters()}
-        if self.rank == 0:
-            from rlkit.dist.single import atomic_save_pretrained
+    def sync_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """For the rollout engine: everything, or with LoRA the layers training can change."""
+        if is_lora(self.model):
+            return merged_weights(self.model, changed_only=self.cfg.model.lora.bias == "none",
+                                  gather=self._gather_context)
+        return self.named_parameters()
 
-            atomic_save_pretrained(self.model, path, tokenizer, state_dict=state)
-        torch.distributed.barrier()
+    def _gather_context(self, params):
+        if self.zero_stage != 3:
+            import contextlib
+
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+    def save_pretrained(self, path: str, tokenizer) -> None:
+        """Rank 0 writes the Hugging Face folder (with LoRA: merged weights plus ``adapter/``)."""
+        import os
+
+        from rlkit.dist.single import atomic_save_pretrained
+
+        state = {}
+        for name, tensor in self.named_parameters():  # collective under ZeRO-3
+            if self.is_main:
+                state[name] = tensor.detach().cpu().clone()
+        model, also, adapters = self.model, None, []
+        if is_lora(self.model):
+            model = self.model.get_base_model()
+            also = lambda tmp: save_adapter(self.model, os.path.join(tmp, "adapter"))  # noqa: E731
+            adapters = [p for n, p in self.model.named_parameters() if "lora_" in n]
+        with self._gather_context(adapters):  # whole adapter tensors under ZeRO-3
+            if self.is_main:
+                atomic_save_pretrained(model, path, tokenizer, state_dict=state, also=also)
+        self.barrier()
+
+    def save_state(self, folder) -> None:
+        """Checkpoint files: ``model.safetensors`` (full weights, from rank 0) and DeepSpeed's
+        own sharded checkpoint under ``deepspeed/`` (every rank writes its optimizer shard)."""
+        from rlkit.checkpoint import WEIGHTS, save_weights
+
+        weights = {}
+        for name, tensor in self.named_parameters():  # collective under ZeRO-3
+            if self.is_main:
+                weights[name] = tensor.detach().cpu().clone()
+        if self.is_main:
+            save_weights(folder / WEIGHTS, weights)
+        self.engine.save_checkpoint(str(folder / "deepspeed"), tag="state", save_latest=False)
+
+    def load_state(self, folder) -> None:
+        """Weights, ZeRO optimizer shards and the LR-scheduler position from ``save_state``.
+
+        As in the single backend the learning rate follows the current config: the schedule's
+        function is rebuilt by ``__init__`` and only its position comes from the checkpoint.
+        """
+        path, _ = self.engine.load_checkpoint(str(folder / "deepspeed"), tag="state", load_optimizer_states=True,
+                                              load_lr_scheduler_states=True)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint under {folder / 'deepspeed'}")
+        self.scheduler.base_lrs = [self.cfg.train.lr for _ in self.scheduler.base_lrs]
+        for group, lr in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["initial_lr"] = lr
+            group["lr"] = lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
 
 def _gathered(deepspeed, bucket):
     with deepspeed.zero.GatheredParameters([p for _, p in bucket], modifier_rank=None):
         for name, param in bucket:
             yield name, param.data
-
-
-def _broadcast_object(value):
-    box = [value]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]

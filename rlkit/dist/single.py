@@ -17,6 +17,8 @@ import torch
 from rlkit.algorithms.losses import entropy_from_logits
 from rlkit.batch import RolloutBatch
 from rlkit.dist import LossFn, resolve_device
+from rlkit.dist.collectives import LocalCollectives
+from rlkit.dist.lora import apply_lora, is_lora, merged_weights, save_adapter
 from rlkit.dist.prefix import forward_logprobs_shared
 from rlkit.models import load_causal_lm
 
@@ -66,7 +68,11 @@ def forward_logprobs(model, micro: RolloutBatch, with_entropy: bool, autocast: b
     return logp, entropy
 
 
-class SingleBackend:
+class SingleBackend(LocalCollectives):
+    """One process on one device; the collective calls of ``LocalCollectives`` are identities."""
+
+    name = "single"
+
     def __init__(self, cfg, total_optimizer_steps: int):
         from rlkit.models import resolve_model_path
 
@@ -77,6 +83,8 @@ class SingleBackend:
         self.model_path = resolve_model_path(cfg.model.path)
         self.model = load_causal_lm(self.model_path, cfg.model.dtype, str(self.device),
                                     cfg.model.gradient_checkpointing)
+        if cfg.model.lora.r:
+            self.model = apply_lora(self.model, cfg.model.lora, cfg.model.gradient_checkpointing)
         self.autocast = cfg.model.autocast_bf16 and cfg.model.dtype == "float32"
         self.forward = forward_logprobs_shared if cfg.train.share_prompt_prefix else forward_logprobs
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -85,7 +93,9 @@ class SingleBackend:
         self._lr_fn = lr_lambda(cfg.train.lr_schedule, cfg.train.warmup_steps, total_optimizer_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_fn)
         self.ref_model = None
-        if cfg.algo.kl_coef:
+        if cfg.algo.kl_coef and is_lora(self.model) and not cfg.model.reference:
+            self.ref_model = "base"  # the policy with its adapters switched off
+        elif cfg.algo.kl_coef:
             ref_path = resolve_model_path(cfg.model.reference or cfg.model.path)
             self.ref_model = load_causal_lm(ref_path, cfg.model.dtype, str(self.device))
             self.ref_model.requires_grad_(False)
@@ -96,6 +106,9 @@ class SingleBackend:
     def ref_logprobs(self, batch: RolloutBatch, micro_batch_size: int) -> torch.Tensor:
         if self.ref_model is None:
             raise RuntimeError("no reference model: set algo.kl_coef > 0 to load one")
+        if self.ref_model == "base":
+            with self.model.disable_adapter():
+                return self._logprobs(self.model, batch, micro_batch_size)
         return self._logprobs(self.ref_model, batch, micro_batch_size)
 
     @torch.no_grad()
@@ -108,7 +121,9 @@ class SingleBackend:
             out[start:start + len(idx), : lp.shape[1]] = lp.float().cpu()
         return out
 
-    def train_step(self, micro_batches: list[RolloutBatch], loss_fn: LossFn) -> dict[str, float]:
+    def train_step(self, micro_batches: list[RolloutBatch], loss_fn: LossFn,
+                   filler: RolloutBatch | None = None) -> dict[str, float]:
+        """``filler`` matters only to data-parallel backends (a rank with nothing to train)."""
         self.optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
         for micro in micro_batches:
@@ -128,8 +143,19 @@ class SingleBackend:
         return totals
 
     def named_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Full weights by Hugging Face name (LoRA merged in)."""
+        if is_lora(self.model):
+            yield from merged_weights(self.model)
+            return
         # state_dict keeps tied weights under both names, which is what checkpoint loaders expect
         yield from self.model.state_dict().items()
+
+    def sync_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """What the rollout engine needs after a step: everything, or with LoRA only the merged
+        layers that training can change (rlkit/dist/lora.py)."""
+        if is_lora(self.model):
+            return merged_weights(self.model, changed_only=self.cfg.model.lora.bias == "none")
+        return self.named_parameters()
 
     def state_dict(self) -> dict:
         """``model`` (HF-named tensors, live references), ``optimizer`` and ``scheduler`` states."""
@@ -152,18 +178,40 @@ class SingleBackend:
         # A scheduler built at last_epoch=done-1 steps once on creation: lr = initial_lr * fn(done).
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_fn, last_epoch=done - 1)
 
+    def save_state(self, folder) -> None:
+        """Checkpoint files (rlkit/checkpoint.py): ``model.safetensors`` and ``optimizer.pt``."""
+        from rlkit.checkpoint import WEIGHTS, save_weights, write_file
+
+        state = self.state_dict()
+        save_weights(folder / WEIGHTS, state.pop("model"))
+        write_file(folder / "optimizer.pt", state)
+
+    def load_state(self, folder) -> None:
+        from rlkit.checkpoint import WEIGHTS, load_torch, load_weights
+
+        self.load_state_dict({**load_torch(folder / "optimizer.pt"), "model": load_weights(folder / WEIGHTS)})
+
     def save_pretrained(self, path: str, tokenizer) -> None:
+        """A Hugging Face model folder; with LoRA the merged model plus ``adapter/`` (PEFT format)."""
+        if is_lora(self.model):
+            merged = {name: t.detach().cpu().clone() for name, t in merged_weights(self.model)}
+            atomic_save_pretrained(self.model.get_base_model(), path, tokenizer, state_dict=merged,
+                                   also=lambda tmp: save_adapter(self.model, os.path.join(tmp, "adapter")))
+            return
         atomic_save_pretrained(self.model, path, tokenizer)
 
 
-def atomic_save_pretrained(model, path: str, tokenizer, state_dict: dict | None = None) -> None:
-    """Write a Hugging Face checkpoint atomically: temp folder beside ``path``, then rename."""
+def atomic_save_pretrained(model, path: str, tokenizer, state_dict: dict | None = None, also=None) -> None:
+    """Write a Hugging Face checkpoint atomically: temp folder beside ``path``, then rename.
+    ``also(tmp_folder)`` writes more files into it before the rename."""
     parent = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-save-", dir=parent)
     try:
         model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
+        if also is not None:
+            also(tmp)
         if os.path.exists(path):
             old = path + ".old"
             shutil.rmtree(old, ignore_errors=True)

@@ -11,11 +11,19 @@ from rlkit.scoring import reward_columns
 
 def evaluate_heldout(rollout, tokenizer, rows: list[dict], reward, data_cfg, max_new_tokens: int,
                      accuracy_component: str | None) -> tuple[dict[str, float], list[dict]]:
-    """(metrics, per-row predictions).  ``eval/accuracy`` is the mean of ``accuracy_component``
-    (the reward total when None); rows with a ``level`` column also get ``eval/accuracy_level<k>``.
-    """
+    """(metrics, per-row predictions) of ``heldout_records`` and ``summarize_heldout``."""
+    records = heldout_records(rollout, tokenizer, rows, reward, data_cfg, max_new_tokens, accuracy_component)
+    return summarize_heldout(records), records
+
+
+def heldout_records(rollout, tokenizer, rows: list[dict], reward, data_cfg, max_new_tokens: int,
+                    accuracy_component: str | None) -> list[dict]:
+    """One record per row: prompt, answer, greedy completion, ``correct`` (the value of
+    ``accuracy_component``, the reward total when None; 0 where it does not apply), ``score``,
+    ``tokens`` and the row's ``level`` when it has one.  Data-parallel ranks each run their share
+    and the main rank summarises the records of all."""
     if not rows:
-        return {}, []
+        return []
     prompts = prompt_token_ids(rows, tokenizer, data_cfg)
     gens = rollout.generate(prompts, Sampling(n=1, max_new_tokens=max_new_tokens, temperature=0.0))
     completions = [g.text for g in gens]
@@ -26,17 +34,30 @@ def evaluate_heldout(rollout, tokenizer, rows: list[dict], reward, data_cfg, max
         values = result.components[accuracy_component]
     else:
         values = result.scores
-    by_level: dict[str, list[float]] = defaultdict(list)
     records = []
     for row, gen, value, score in zip(rows, gens, values, result.scores):
         ok = 0.0 if (value is None or math.isnan(value)) else float(value)
+        record = {"prompt": row["prompt"], "answer": row.get("answer"), "completion": gen.text,
+                  "correct": ok, "score": score, "tokens": len(gen.token_ids)}
         if "level" in row:
-            by_level[f"eval/accuracy_level{row['level']}"].append(ok)
-        records.append({"prompt": row["prompt"], "answer": row.get("answer"), "completion": gen.text,
-                        "correct": ok, "score": score})
-    metrics = {"eval/accuracy": sum(r["correct"] for r in records) / len(records),
-               "eval/reward": sum(result.scores) / len(result.scores),
-               "eval/response_length": sum(len(g.token_ids) for g in gens) / len(gens)}
+            record["level"] = row["level"]
+        records.append(record)
+    return records
+
+
+def summarize_heldout(records: list[dict]) -> dict[str, float]:
+    """``eval/accuracy``, ``eval/reward``, ``eval/response_length`` and, when the rows span several
+    levels, ``eval/accuracy_level<k>``."""
+    if not records:
+        return {}
+    n = len(records)
+    metrics = {"eval/accuracy": sum(r["correct"] for r in records) / n,
+               "eval/reward": sum(r["score"] for r in records) / n,
+               "eval/response_length": sum(r["tokens"] for r in records) / n}
+    by_level: dict[str, list[float]] = defaultdict(list)
+    for r in records:
+        if "level" in r:
+            by_level[f"eval/accuracy_level{r['level']}"].append(r["correct"])
     if len(by_level) > 1:
         metrics.update({k: sum(v) / len(v) for k, v in sorted(by_level.items())})
-    return metrics, records
+    return metrics

@@ -38,16 +38,23 @@ class RolloutBackend(Protocol):
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load new policy weights (HF parameter names)."""
 
-    def sleep(self) -> None: ...
+    def sleep(self) -> None:
+        """Give accelerator memory back while the trainer trains (no-op where unsupported)."""
 
-    def wake(self) -> None: ...
+    def wake(self) -> None:
+        """Take it again before the next ``update_weights``."""
+
+    def close(self) -> None:
+        """Shut the engine down (the trainer calls it last, before leaving the process group)."""
 
 
-def make_rollout(name: str, model, tokenizer, model_path: str, cfg, seed: int = 0) -> RolloutBackend:
+def make_rollout(name: str, model, tokenizer, model_path: str, cfg, seed: int = 0,
+                 world_size: int = 1) -> RolloutBackend:
     """Build the backend named by ``rollout.backend``; ``model`` is the trainer's policy.
 
     ``seed`` seeds the vLLM engine when it starts (a resumed run passes ``train.seed + step``;
-    what a resume restores for vLLM is described in rlkit/checkpoint.py).
+    what a resume restores for vLLM is described in rlkit/checkpoint.py).  ``world_size > 1``:
+    one engine per rank (or per tensor-parallel group) inside the launcher's process group.
     """
     if name == "hf":
         from rlkit.rollout.hf import HFRollout
@@ -56,5 +63,5 @@ def make_rollout(name: str, model, tokenizer, model_path: str, cfg, seed: int = 
     if name == "vllm":
         from rlkit.rollout.vllm import VLLMRollout
 
-        return VLLMRollout(model_path, tokenizer, cfg, seed=seed)
+        return VLLMRollout(model_path, tokenizer, cfg, seed=seed, world_size=world_size)
     raise ValueError(f"unknown rollout backend {name!r}; choose hf or vllm")

@@ -74,3 +74,6 @@ class HFRollout:
 
     def wake(self) -> None:
         return None
+
+    def close(self) -> None:
+        return None

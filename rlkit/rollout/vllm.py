@@ -4,6 +4,11 @@ The engine runs with ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` so its model sits in t
 ``update_weights`` hands tensors over without serialising them (vLLM's ``reload_weights`` on the
 worker, which loads checkpoint-format names through the model's own ``load_weights`` mapping).
 On CPU, vLLM reads ``gpu_memory_utilization`` as a share of host memory for its KV cache.
+
+Under a launcher (``world_size > 1``) every rank builds its engine with vLLM's
+``external_launcher`` executor: the engine joins the launcher's process group instead of
+spawning workers, ``tensor_parallel_size`` consecutive ranks form one tensor-parallel engine and
+the others are independent data-parallel copies (checked on CPU with 2 gloo ranks and TP 1).
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from rlkit.rollout import Generation, Sampling
 
 
 class VLLMRollout:
-    def __init__(self, model_path: str, tokenizer, cfg, seed: int = 0):
+    def __init__(self, model_path: str, tokenizer, cfg, seed: int = 0, world_size: int = 1):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         from vllm import LLM
@@ -29,6 +34,19 @@ class VLLMRollout:
         dtype = cfg.dtype
         if dtype == "auto":
             dtype = "bfloat16" if _bf16_fast() else "float32"
+        extra = {}
+        if world_size > 1:
+            extra = {"distributed_executor_backend": "external_launcher",
+                     "tensor_parallel_size": cfg.tensor_parallel_size}
+        elif cfg.tensor_parallel_size > 1:
+            raise ValueError("rollout.tensor_parallel_size > 1 needs a launcher with that many ranks per engine "
+                             "(scripts/train.sh); one process drives a single-device engine")
+        self.sleep_mode = bool(cfg.sleep)
+        if self.sleep_mode:
+            if not torch.cuda.is_available():
+                raise ValueError("rollout.sleep=true frees GPU memory between steps; it needs CUDA")
+            extra["enable_sleep_mode"] = True
+        self.asleep = False
         started = time.perf_counter()
         self.llm = LLM(
             model=model_path,
@@ -39,6 +57,7 @@ class VLLMRollout:
             max_model_len=cfg.max_model_len,
             enforce_eager=cfg.enforce_eager,
             enable_prefix_caching=True,
+            **extra,
         )
         self.start_seconds = time.perf_counter() - started
         # vLLM warns on every in-place reload that the rotary embedding has no weights to load.
@@ -83,10 +102,24 @@ class VLLMRollout:
         self.llm.reset_prefix_cache()
 
     def sleep(self) -> None:
-        return None  # CPU engines have nothing to give back; GPU sleep mode arrives with issue 2
+        """With ``rollout.sleep`` (CUDA): level 1 moves the weights to host memory and drops the
+        KV cache, so training gets the engine's GPU memory.  (Level 2 would drop the weights too;
+        a LoRA sync sends only the changed layers, so the others must survive.)"""
+        if self.sleep_mode and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
 
     def wake(self) -> None:
-        return None
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
+    def close(self) -> None:
+        """Shut the in-process engine down (this also tears down the process groups vLLM joined)."""
+        engine = getattr(self, "llm", None)
+        if engine is not None:
+            engine.llm_engine.engine_core.shutdown()
+            self.llm = None
 
 
 def _bf16_fast() -> bool:

@@ -75,6 +75,7 @@ def main() -> None:
         Path(args.out).write_text(json.dumps({
             "loss": metrics["loss/policy"], "grad_norm": metrics["grad_norm"], "checksum": checksum,
             "first": first, "world": world, "micro_batches": len(micro)}))
+    backend.close()  # leave the process group before exit (gloo threads can abort a late exit)
 
 
 if __name__ == "__main__":
