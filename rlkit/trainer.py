@@ -189,7 +189,7 @@ def optimize(backend, batch: RolloutBatch, cfg: Config) -> dict:
                                    metric_tokens=int(metric_tokens))
             # Rows sorted by length fill each micro-batch with similar lengths: little padding.
             by_length = torch.argsort(trained.completion_lengths, stable=True)
-            micro = [trained.select(idx) for idx in by_length.split(cfg.train.micro_batch_size)]
+            micro = [trained.select(idx) for idx in by_length.split(cfg.train.micro_batch_size) if idx.numel()]
             filler = batch.select(torch.arange(1)) if batch.size else None  # a rank with nothing to train
             for k, v in backend.train_step(micro, loss_fn, filler=filler).items():
                 totals[k] = totals.get(k, 0.0) + v / (algo.epochs * len(minis))

@@ -39,12 +39,15 @@ def single_result(tiny_model, tmp_path_factory):
     return _run([sys.executable, str(HELPER), "--model", tiny_model, "--single"], out)
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_two_ranks_match_the_single_backend(stage, tiny_model, single_result, tmp_path):
+@pytest.mark.parametrize("stage,idle", [(2, False), (3, False), (3, True)], ids=["zero2", "zero3", "zero3-idle-rank"])
+def test_two_ranks_match_the_single_backend(stage, idle, tiny_model, single_result, tmp_path):
+    """``idle``: rank 1 has no rows (all its prompts had zero advantages) and runs zero-weighted
+    filler passes so that ZeRO-3's collective forward/backward calls still match rank 0's."""
     launcher = str(Path(sys.executable).parent / "deepspeed")
     from conftest import free_port
 
-    result = _run([launcher, "--num_gpus", "2", "--master_port", str(free_port()), str(HELPER), "--model", tiny_model, "--stage", str(stage)],
+    result = _run([launcher, "--num_gpus", "2", "--master_port", str(free_port()), str(HELPER), "--model", tiny_model, "--stage", str(stage)]
+                  + (["--idle-rank"] if idle else []),
                   tmp_path / f"zero{stage}.json")
     assert result["world"] == 2 and single_result["world"] == 1
     assert abs(single_result["loss"]) > 1e-3, "the check needs a non-trivial loss"

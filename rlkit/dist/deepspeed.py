@@ -115,9 +115,8 @@ class DeepSpeedBackend(TorchCollectives):
                                          entropy_grad=self.cfg.algo.entropy_coef != 0)
             loss, metrics = loss_fn(logp, entropy, micro)
             self.engine.backward(loss * (self.world_size if real else 0.0), scale_wrt_gas=False)
-            if real:
-                for k, v in metrics.items():
-                    totals[k] = totals.get(k, 0.0) + float(v)
+            for k, v in metrics.items():  # a filler adds its keys (as 0): every rank all-reduces the same list
+                totals[k] = totals.get(k, 0.0) + (float(v) if real else 0.0)
         lr = self.scheduler.get_last_lr()[0]
         self.engine.step()
         norm = self.engine.get_global_grad_norm()

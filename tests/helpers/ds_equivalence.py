@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--single", action="store_true")
     parser.add_argument("--stage", type=int, default=2)
     parser.add_argument("--micro", type=int, default=4)
+    parser.add_argument("--idle-rank", action="store_true", help="rank 0 takes every row; the others none")
     parser.add_argument("--local_rank", type=int, default=0)  # set by the deepspeed launcher
     args = parser.parse_args()
     cfg = load_config(None, [
@@ -59,12 +60,14 @@ def main() -> None:
     world = getattr(backend, "world_size", 1)
     batch = fixed_batch()
     mine = [i for i in range(batch.size) if int(batch.group_ids[i]) % world == rank]
+    if args.idle_rank:
+        mine = list(range(batch.size)) if rank == 0 else []
     local = batch.select(mine)
     counts = [local.size, int(local.loss_mask.sum())]
     seqs, tokens = backend.all_reduce(counts) if world > 1 else counts
     loss_fn = make_loss_fn(cfg.algo, int(seqs), int(tokens), max_len=8, metric_tokens=int(tokens))
-    micro = [local.select(idx) for idx in torch.arange(local.size).split(cfg.train.micro_batch_size)]
-    metrics = backend.train_step(micro, loss_fn)
+    micro = [local.select(idx) for idx in torch.arange(local.size).split(cfg.train.micro_batch_size) if idx.numel()]
+    metrics = backend.train_step(micro, loss_fn, filler=batch.select(torch.arange(1)))
     checksum = 0.0
     first = None
     for name, tensor in backend.named_parameters():
