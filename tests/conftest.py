@@ -131,3 +131,26 @@ def cli(tmp_path):
         return run_cli(overrides, run_dir or tmp_path / "run", config=config, timeout=timeout)
 
     return _run
+
+
+def assert_engine_matches_export(run_dir: Path, step: int) -> None:
+    """The held-out completions the rollout engine wrote at ``step`` equal transformers' greedy
+    output on the exported model in ``run_dir/final`` (so the last weight sync was right)."""
+    import json
+
+    import torch
+
+    from rlkit.config import load_config
+    from rlkit.data import prompt_token_ids
+    from rlkit.models import load_causal_lm, load_tokenizer
+
+    cfg = load_config(run_dir / "config.yaml")
+    tokenizer = load_tokenizer(str(run_dir / "final"))
+    model = load_causal_lm(str(run_dir / "final"), "float32", "cpu")
+    records = [json.loads(s) for s in (run_dir / f"eval_step{step}.jsonl").read_text().splitlines()]
+    assert records
+    for record in records:
+        ids = prompt_token_ids([{"prompt": record["prompt"]}], tokenizer, cfg.data)[0]
+        out = model.generate(torch.tensor([ids]), max_new_tokens=cfg.eval.max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+        assert tokenizer.decode(out[0, len(ids):], skip_special_tokens=True) == record["completion"]

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from conftest import run_cli, tiny_overrides
+from conftest import assert_engine_matches_export, run_cli, tiny_overrides
 from rlkit.config import load_config
 
 pytest.importorskip("peft")
@@ -77,8 +77,7 @@ def test_lora_run_vllm_matches_merged_export(tiny_model, tmp_path):
     sync equal transformers' on the exported merged model, and the adapter folder reloads."""
     from peft import PeftModel
 
-    from rlkit.data import prompt_token_ids
-    from rlkit.models import load_causal_lm, load_tokenizer
+    from rlkit.models import load_causal_lm
 
     overrides = tiny_overrides(tiny_model, "vllm", train__lr="5e-2", model__lora__r=4, train__steps=3,
                                rollout__gpu_memory_utilization="0.05", rewards__accuracy_component="digits"
@@ -88,20 +87,13 @@ def test_lora_run_vllm_matches_merged_export(tiny_model, tmp_path):
     train = [json.loads(s) for s in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any(m.get("grad_norm", 0) > 0 for m in train if m["kind"] == "train")
     final = res.run_dir / "final"
-    cfg = load_config(res.run_dir / "config.yaml")
-    tokenizer = load_tokenizer(str(final))
     merged = load_causal_lm(str(final), "float32", "cpu")
     start = load_causal_lm(tiny_model, "float32", "cpu")
     q = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(merged.state_dict()[q], start.state_dict()[q]), "LoRA training changed nothing"
     up = "model.layers.0.mlp.up_proj.weight"
     assert torch.equal(merged.state_dict()[up], start.state_dict()[up]), "an untargeted layer moved"
-    records = [json.loads(s) for s in (res.run_dir / "eval_step3.jsonl").read_text().splitlines()]
-    for record in records:
-        ids = prompt_token_ids([{"prompt": record["prompt"]}], tokenizer, cfg.data)[0]
-        out = merged.generate(torch.tensor([ids]), max_new_tokens=cfg.eval.max_new_tokens, do_sample=False,
-                              pad_token_id=tokenizer.pad_token_id)
-        assert tokenizer.decode(out[0, len(ids):], skip_special_tokens=True) == record["completion"]
+    assert_engine_matches_export(res.run_dir, step=3)
     with_adapter = PeftModel.from_pretrained(start, str(final / "adapter"))
     ids = torch.tensor([[5, 6, 7, 8]])
     torch.testing.assert_close(with_adapter(ids).logits, merged(ids).logits, rtol=1e-4, atol=1e-4)

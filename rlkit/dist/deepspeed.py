@@ -165,16 +165,22 @@ class DeepSpeedBackend(TorchCollectives):
 
         return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
+    def _full_state_on_main(self) -> dict[str, torch.Tensor]:
+        """CPU copies of the full weights on rank 0 (empty elsewhere); every rank must call it,
+        since ZeRO-3 gathers are collective."""
+        state = {}
+        for name, tensor in self.named_parameters():
+            if self.is_main:
+                state[name] = tensor.detach().cpu().clone()
+        return state
+
     def save_pretrained(self, path: str, tokenizer) -> None:
         """Rank 0 writes the Hugging Face folder (with LoRA: merged weights plus ``adapter/``)."""
         import os
 
         from rlkit.dist.single import atomic_save_pretrained
 
-        state = {}
-        for name, tensor in self.named_parameters():  # collective under ZeRO-3
-            if self.is_main:
-                state[name] = tensor.detach().cpu().clone()
+        state = self._full_state_on_main()
         model, also, adapters = self.model, None, []
         if is_lora(self.model):
             model = self.model.get_base_model()
@@ -190,10 +196,7 @@ class DeepSpeedBackend(TorchCollectives):
         own sharded checkpoint under ``deepspeed/`` (every rank writes its optimizer shard)."""
         from rlkit.checkpoint import WEIGHTS, save_weights
 
-        weights = {}
-        for name, tensor in self.named_parameters():  # collective under ZeRO-3
-            if self.is_main:
-                weights[name] = tensor.detach().cpu().clone()
+        weights = self._full_state_on_main()
         if self.is_main:
             save_weights(folder / WEIGHTS, weights)
         self.engine.save_checkpoint(str(folder / "deepspeed"), tag="state", save_latest=False)
