@@ -1,4 +1,4 @@
-"""Command line: ``rlkit train | prepare-model``."""
+"""Command line: ``rlkit train | serve | prepare-model``."""
 from __future__ import annotations
 
 import argparse
@@ -19,8 +19,27 @@ def main(argv: list[str] | None = None) -> int:
     pm = sub.add_parser("prepare-model", help="convert the embedded default model into a local checkpoint")
     pm.add_argument("--name", default="smollm2-135m-instruct")
     pm.add_argument("--output", default=None, help="target folder (default: the rlkit cache)")
-    args = parser.parse_args(argv)
+    sv = sub.add_parser("serve", help="start a vLLM server that training can push weights to "
+                                      "(rollout.backend=vllm_server); extra arguments go to vLLM's API server")
+    sv.add_argument("model", help="model folder or name (default: the embedded model)", nargs="?")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--dtype", default="auto")
+    sv.add_argument("--gpu-memory-utilization", type=float, default=None)
+    sv.add_argument("--max-model-len", type=int, default=2048)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "serve":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
+    if args.command == "serve":
+        from rlkit.models import resolve_model_path
+        from rlkit.rollout.vllm_server import serve_command
+
+        model = resolve_model_path(args.model or "embedded:smollm2-135m-instruct")
+        command, env = serve_command(model, args.host, args.port, args.dtype, args.gpu_memory_utilization,
+                                     args.max_model_len, extra)
+        print(" ".join(command), flush=True)
+        os.execve(command[0], command, env)
     if args.command == "prepare-model":
         from rlkit.models import cache_dir, prepare_embedded_model
 

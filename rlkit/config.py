@@ -60,7 +60,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    backend: str = "vllm"             # vllm | hf
+    backend: str = "vllm"             # vllm (in process) | vllm_server (rlkit serve) | hf
     num_samples: int = 8              # completions per prompt (the group size K)
     max_new_tokens: int = 48
     temperature: float = 1.0
@@ -71,6 +71,13 @@ class RolloutConfig:
     dtype: str = "auto"               # vLLM weights dtype; auto = bfloat16 when the device supports it
     tensor_parallel_size: int = 1     # vLLM tensor parallelism over that many consecutive ranks (colocated)
     sleep: bool = False               # CUDA: the engine frees its GPU memory while the trainer trains
+    # vllm_server: a server started with `rlkit serve` (rlkit/rollout/vllm_server.py)
+    server_url: str = "http://127.0.0.1:8000"
+    server_timeout_s: float = 300.0   # per request and per weight broadcast; then RolloutServerError
+    server_workers: int = 1           # the server's worker processes (its tensor x data parallel size)
+    weight_transfer: str = "auto"     # auto (nccl on CUDA, gloo elsewhere) | nccl | gloo
+    weight_transfer_port: int = 0     # port rank 0 opens for the transfer group (0: a free one)
+    weight_bucket_mb: float = 64.0    # gloo: tensors packed per broadcast (MiB)
 
 
 @dataclass(frozen=True)
@@ -282,8 +289,18 @@ def check_config(cfg: Config) -> None:
     def bad(key: str, msg: str) -> None:
         raise ConfigError(f"{key}: {msg}")
 
-    if cfg.rollout.backend not in ("vllm", "hf"):
-        bad("rollout.backend", f"unknown backend {cfg.rollout.backend!r}; choose vllm or hf")
+    if cfg.rollout.backend not in ("vllm", "vllm_server", "hf"):
+        bad("rollout.backend", f"unknown backend {cfg.rollout.backend!r}; choose vllm, vllm_server or hf")
+    if cfg.rollout.backend == "vllm_server":
+        if not cfg.rollout.server_url.startswith(("http://", "https://")):
+            bad("rollout.server_url", f"{cfg.rollout.server_url!r} is not an http(s) URL")
+        if cfg.rollout.tensor_parallel_size > 1:
+            bad("rollout.tensor_parallel_size", "with vllm_server, set tensor parallelism on the server "
+                "(rlkit serve ... --tensor-parallel-size N) and rollout.server_workers to match")
+        if cfg.rollout.weight_transfer not in ("auto", "nccl", "gloo"):
+            bad("rollout.weight_transfer", f"unknown transport {cfg.rollout.weight_transfer!r}; choose auto, nccl or gloo")
+        if cfg.rollout.server_workers < 1 or cfg.rollout.weight_bucket_mb <= 0 or cfg.rollout.server_timeout_s <= 0:
+            bad("rollout.server_workers", "server_workers must be >= 1, weight_bucket_mb and server_timeout_s > 0")
     if cfg.backend.name not in ("single", "deepspeed"):
         bad("backend.name", f"unknown training backend {cfg.backend.name!r}; choose single or deepspeed")
     if cfg.backend.zero_stage not in (2, 3):

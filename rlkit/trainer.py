@@ -47,7 +47,8 @@ def train(cfg: Config) -> dict:
 
     optimizer_steps = cfg.train.steps * cfg.algo.epochs * cfg.algo.mini_batches
     backend = make_backend(cfg, optimizer_steps)
-    share = RankShare(backend.rank, backend.world_size, cfg.rollout.tensor_parallel_size)
+    server = cfg.rollout.backend == "vllm_server"  # tensor parallelism is then the server's business
+    share = RankShare(backend.rank, backend.world_size, 1 if server else cfg.rollout.tensor_parallel_size)
     share.check(cfg.train.prompts_per_step)
     if backend.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -62,7 +63,8 @@ def train(cfg: Config) -> dict:
     reward = build_reward(cfg.rewards)
     # A resumed engine does not replay step 0's seed; each data-parallel group samples its own.
     rollout = make_rollout(cfg.rollout.backend, backend.model, tokenizer, backend.model_path, cfg.rollout,
-                           seed=cfg.train.seed + start + 1_000_003 * share.dp_rank, world_size=backend.world_size)
+                           seed=cfg.train.seed + start + 1_000_003 * share.dp_rank, world_size=backend.world_size,
+                           rank=backend.rank, collectives=backend)
     estimator = get_advantage(cfg.algo.advantage)
     sampling = Sampling(n=cfg.rollout.num_samples, max_new_tokens=cfg.rollout.max_new_tokens,
                         temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p)
@@ -89,6 +91,8 @@ def train(cfg: Config) -> dict:
     try:
         if checkpoint:  # weights, optimizer, data position, reward state, RNGs; weights pushed to the rollout
             summary.update(resume(checkpoint, cfg, backend, sampler, reward, rollout, logger))
+        elif server:  # the server may have started from other weights than the trainer's
+            rollout.update_weights(backend.named_parameters())
         if cfg.eval.before and start == 0:
             run_eval(0)
         for step in range(start + 1, cfg.train.steps + 1):

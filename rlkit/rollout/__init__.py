@@ -1,7 +1,8 @@
 """Generation backends behind one Protocol.
 
 ``hf`` generates with transformers in the training process; ``vllm`` runs a vLLM engine in the
-training process and reloads the trainer's weights in place after every optimizer step.
+training process and reloads the trainer's weights in place after every optimizer step;
+``vllm_server`` sends prompts to a separate vLLM server and pushes weights to it.
 Heavy imports (vllm) happen inside the backend modules only.
 """
 from __future__ import annotations
@@ -49,12 +50,14 @@ class RolloutBackend(Protocol):
 
 
 def make_rollout(name: str, model, tokenizer, model_path: str, cfg, seed: int = 0,
-                 world_size: int = 1) -> RolloutBackend:
+                 world_size: int = 1, rank: int = 0, collectives=None) -> RolloutBackend:
     """Build the backend named by ``rollout.backend``; ``model`` is the trainer's policy.
 
     ``seed`` seeds the vLLM engine when it starts (a resumed run passes ``train.seed + step``;
     what a resume restores for vLLM is described in rlkit/checkpoint.py).  ``world_size > 1``:
     one engine per rank (or per tensor-parallel group) inside the launcher's process group.
+    ``vllm_server`` talks to a separate vLLM server; ``collectives`` (the backend) lets its ranks
+    wait for rank 0's weight transfer.
     """
     if name == "hf":
         from rlkit.rollout.hf import HFRollout
@@ -64,4 +67,23 @@ def make_rollout(name: str, model, tokenizer, model_path: str, cfg, seed: int = 
         from rlkit.rollout.vllm import VLLMRollout
 
         return VLLMRollout(model_path, tokenizer, cfg, seed=seed, world_size=world_size)
-    raise ValueError(f"unknown rollout backend {name!r}; choose hf or vllm")
+    if name == "vllm_server":
+        from rlkit.rollout.vllm_server import VLLMServerRollout
+
+        return VLLMServerRollout(tokenizer, cfg, rank=rank, collectives=collectives)
+    raise ValueError(f"unknown rollout backend {name!r}; choose hf, vllm or vllm_server")
+
+
+def engine_dtype(name: str) -> str:
+    """``rollout.dtype`` resolved: ``auto`` is bfloat16 on CUDA and on CPUs with AVX512-BF16 /
+    AMX (where it pays off), float32 elsewhere.  ``rlkit serve --dtype auto`` uses the same rule,
+    so a trainer pushes weights in the dtype its server holds."""
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return "float32"
+    return "bfloat16" if "avx512_bf16" in flags or "amx_bf16" in flags else "float32"

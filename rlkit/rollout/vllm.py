@@ -19,7 +19,7 @@ from typing import Iterable
 
 import torch
 
-from rlkit.rollout import Generation, Sampling
+from rlkit.rollout import Generation, Sampling, engine_dtype
 
 
 class VLLMRollout:
@@ -31,9 +31,7 @@ class VLLMRollout:
         if os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] != "0":
             raise RuntimeError("the colocated vLLM backend needs VLLM_ENABLE_V1_MULTIPROCESSING=0")
         self.tokenizer = tokenizer
-        dtype = cfg.dtype
-        if dtype == "auto":
-            dtype = "bfloat16" if _bf16_fast() else "float32"
+        dtype = engine_dtype(cfg.dtype)
         extra = {}
         if world_size > 1:
             extra = {"distributed_executor_backend": "external_launcher",
@@ -121,13 +119,3 @@ class VLLMRollout:
             engine.llm_engine.engine_core.shutdown()
             self.llm = None
 
-
-def _bf16_fast() -> bool:
-    """bfloat16 weights pay off on CUDA and on CPUs with AVX512-BF16 / AMX."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
