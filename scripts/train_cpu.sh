@@ -11,6 +11,9 @@ NPROC="${NPROC:-2}"
 THREADS="${THREADS:-$(( $(nproc) / NPROC > 0 ? $(nproc) / NPROC : 1 ))}"
 MEMORY_SHARE="$(awk -v m="${VLLM_MEMORY:-0.2}" -v n="$NPROC" 'BEGIN {printf "%.3f", m / n}')"
 export DS_ACCELERATOR=cpu
-exec "$DEEPSPEED" --num_gpus "$NPROC" --master_port "${MASTER_PORT:-29500}" \
+PORT="${MASTER_PORT:-29500}"
+# DeepSpeed's CPU all-reduce leaves a 69 MB buffer per rank in /dev/shm when a rank dies early.
+trap 'rm -f /dev/shm/deepspeed_allreduce_buffer_"$(id -u)"_*_"$PORT"_*' EXIT
+"$DEEPSPEED" --num_gpus "$NPROC" --master_port "$PORT" \
   --module rlkit.cli train --config "$CONFIG" backend.name=deepspeed "train.threads=$THREADS" \
   "rollout.gpu_memory_utilization=$MEMORY_SHARE" "$@"

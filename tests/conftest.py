@@ -72,14 +72,19 @@ def run_deepspeed_cli(overrides: list[str], run_dir: str | Path, ranks: int = 2,
     env = subprocess_env()
     env.update(DS_ACCELERATOR="cpu", PATH=str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""))
     tail = [*overrides, "backend.name=deepspeed", f"train.output_dir={run_dir}"]
+    port = free_port()
     if config is not None:
-        env.update(NPROC=str(ranks), MASTER_PORT=str(free_port()))
+        env.update(NPROC=str(ranks), MASTER_PORT=str(port))
         cmd = ["bash", str(REPO_ROOT / "scripts" / "train_cpu.sh"), str(config), *tail]
     else:
         launcher = str(Path(sys.executable).parent / "deepspeed")
-        cmd = [launcher, "--num_gpus", str(ranks), "--master_port", str(free_port()), "--module", "rlkit.cli",
+        cmd = [launcher, "--num_gpus", str(ranks), "--master_port", str(port), "--module", "rlkit.cli",
                "train", *tail]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    try:
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    finally:  # a rank that died early leaves DeepSpeed's CPU all-reduce buffer in /dev/shm
+        for leftover in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"):
+            leftover.unlink(missing_ok=True)
     return CLIResult(proc.returncode, proc.stdout, proc.stderr, Path(run_dir))
 
 
