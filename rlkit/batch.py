@@ -173,3 +173,36 @@ def build_batch(
         rollout_logprobs=logprobs,
         rows=list(rows) if rows is not None else [],
     )
+
+
+def concat_batches(batches: list[RolloutBatch], pad_token_id: int) -> RolloutBatch:
+    """Rows of several batches in order, right-padded to the widest (``input_ids`` with
+    ``pad_token_id``, other per-token fields with 0 / False).  A per-token field or reward
+    component that some batch lacks is dropped (fields) or NaN for its rows (components)."""
+    if not batches:
+        raise ValueError("concat_batches: no batches")
+    if len(batches) == 1:
+        return batches[0]
+    width = max(b.input_ids.shape[1] for b in batches)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(RolloutBatch):
+        parts = [getattr(b, f.name) for b in batches]
+        if f.name == "rows":
+            values[f.name] = [row for part in parts for row in part] if all(parts) else []
+        elif f.name == "reward_components":
+            names = sorted({k for part in parts for k in part})
+            values[f.name] = {k: torch.cat([part[k] if k in part else torch.full((b.size,), float("nan"))
+                                            for part, b in zip(parts, batches)]) for k in names}
+        elif any(p is None for p in parts):
+            values[f.name] = None
+        elif f.name in PER_TOKEN:
+            fill = pad_token_id if f.name == "input_ids" else 0
+            out = torch.full((sum(p.shape[0] for p in parts), width), fill, dtype=parts[0].dtype)
+            row = 0
+            for p in parts:
+                out[row:row + p.shape[0], :p.shape[1]] = p
+                row += p.shape[0]
+            values[f.name] = out
+        else:
+            values[f.name] = torch.cat(parts)
+    return RolloutBatch(**values)

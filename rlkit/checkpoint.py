@@ -142,9 +142,10 @@ def should_save(cfg, step: int) -> bool:
 # ---------------------------------------------------------------- saving
 
 def save_checkpoint(run_dir: str | Path, step: int, backend, sampler, reward, cfg,
-                    extra: dict | None = None) -> Path:
+                    extra: dict | None = None, critic=None) -> Path:
     """Write ``run_dir/checkpoints/step_<step>`` atomically, then keep the newest
-    ``train.keep_checkpoints`` (0 = all). ``extra`` is any torch-saveable dict.
+    ``train.keep_checkpoints`` (0 = all). ``extra`` is any torch-saveable dict; a ``critic``
+    backend (PPO) saves its own state into ``critic/``.
 
     Every rank of a distributed run calls this at the same step."""
     rng = rng_state()  # first: nothing below may move the RNGs before they are recorded
@@ -156,9 +157,13 @@ def save_checkpoint(run_dir: str | Path, step: int, backend, sampler, reward, cf
         _remove_leftovers(root)
         tmp = root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
+        if critic is not None:
+            (tmp / "critic").mkdir()
     tmp = Path(backend.broadcast_object(str(tmp) if tmp else None))
     try:
         backend.save_state(tmp)  # collective: every rank writes its shard
+        if critic is not None:
+            critic.save_state(tmp / "critic")
         write_file(tmp / rng_file(backend.rank), rng)
         if backend.is_main:
             write_file(tmp / "reward.pt", reward.state_dict())
@@ -262,8 +267,9 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 
 # ---------------------------------------------------------------- loading
 
-def load_checkpoint(path: str | Path, backend, sampler, reward) -> int:
-    """Restore weights, optimizer, scheduler, sampler, reward state and RNG states; the step."""
+def load_checkpoint(path: str | Path, backend, sampler, reward, critic=None) -> int:
+    """Restore weights, optimizer, scheduler, sampler, reward state, the critic's state (PPO)
+    and RNG states; the step."""
     path = Path(path)
     step = checkpoint_step(path)
     meta = json.loads((path / "trainer_state.json").read_text())
@@ -276,6 +282,7 @@ def load_checkpoint(path: str | Path, backend, sampler, reward) -> int:
         ("weights and optimizer", lambda: backend.load_state(path)),
         ("data position", lambda: sampler.load_state_dict(meta["sampler"])),
         ("reward state", lambda: reward.load_state_dict(load_torch(path / "reward.pt"))),
+        *((("critic (critic/)", lambda: critic.load_state(path / "critic")),) if critic is not None else ()),
         ("RNG states", lambda: set_rng_state(load_torch(rng_path if rng_path.exists() else path / "rng.pt"))),
     )
     for what, restore in parts:
@@ -295,10 +302,10 @@ def load_torch(path: Path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def resume(path: Path, cfg, backend, sampler, reward, rollout, logger) -> dict:
+def resume(path: Path, cfg, backend, sampler, reward, rollout, logger, critic=None) -> dict:
     """Load a checkpoint into a built run, push the weights into the rollout engine, note the
     resume in the metrics; returns the run summary saved with it."""
-    step = load_checkpoint(path, backend, sampler, reward)
+    step = load_checkpoint(path, backend, sampler, reward, critic)
     rollout.update_weights(backend.sync_weights())
     changes = config_changes(path / "config.yaml", cfg)
     if logger is not None:

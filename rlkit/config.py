@@ -91,9 +91,26 @@ class AlgoConfig:
     dual_clip: float | None = None
     kl_coef: float = 0.0
     kl_estimator: str = "k3"
+    kl_mode: str = "loss"             # loss (beta * mean KL in the loss) | reward (subtracted from scores)
     entropy_coef: float = 0.0
+    # rollout correction for engine-vs-trainer log-prob differences (algorithms/losses.py)
+    rollout_correction: str = "none"  # none | token_tis | seq_tis | seq_mask
+    rollout_is_cap: float = 2.0       # token_tis / seq_tis: weights capped here
+    rollout_mask_band: tuple[float, float] = (0.5, 2.0)  # seq_mask: keep sequences with ratio inside
+    overlong_buffer: float = 0.0      # DAPO soft overlong penalty over the last N tokens (< 1: share of max_new_tokens)
+    overlong_factor: float = 1.0      # penalty at max_new_tokens (rewards/shaping.py)
+    dynamic_sampling: bool = False    # DAPO: drop groups with equal scores, draw more prompts (rlkit/sampling.py)
+    max_sampling_rounds: int = 4      # rounds of prompts_per_step prompts at most per step
     epochs: int = 1                   # passes over each rollout batch
     mini_batches: int = 1             # optimizer steps per epoch
+
+
+@dataclass(frozen=True)
+class CriticConfig:
+    """The value model, trained when the advantage estimator reads values (``gae``: PPO)."""
+    path: str | None = None           # initial weights (a causal LM); None = the policy's model.path
+    lr: float = 1.0e-5
+    value_clip: float | None = 0.5    # |V - V_old| beyond this is clipped in the value loss (None: off)
 
 
 @dataclass(frozen=True)
@@ -165,6 +182,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
@@ -320,6 +338,10 @@ def check_config(cfg: Config) -> None:
         bad("train", "prompts_per_step and micro_batch_size must be >= 1")
     if cfg.algo.epochs < 1 or cfg.algo.mini_batches < 1:
         bad("algo", "epochs and mini_batches must be >= 1")
+    if cfg.algo.max_sampling_rounds < 1:
+        bad("algo.max_sampling_rounds", "must be >= 1")
+    if not 0 <= overlong_tokens(cfg.algo, cfg.rollout.max_new_tokens) <= cfg.rollout.max_new_tokens:
+        bad("algo.overlong_buffer", "must be >= 0 and at most rollout.max_new_tokens tokens")
     batch = cfg.train.prompts_per_step * cfg.rollout.num_samples
     if batch % cfg.algo.mini_batches:
         bad("algo.mini_batches", f"must divide the rollout batch of {batch} sequences")
@@ -341,21 +363,34 @@ def check_config(cfg: Config) -> None:
         bad("rewards.functions", "needs at least one reward function")
 
 
+def overlong_tokens(algo: AlgoConfig, max_new_tokens: int) -> int:
+    """``algo.overlong_buffer`` in tokens (a value below 1 is a share of ``max_new_tokens``)."""
+    buffer = algo.overlong_buffer
+    return round(buffer * max_new_tokens) if 0 < buffer < 1 else int(buffer)
+
+
 def _check_algo(algo: AlgoConfig) -> None:
     """Registered names are checked here so a typo fails at load time, not mid-run."""
     from rlkit.algorithms.advantages import ADVANTAGE_ESTIMATORS
     from rlkit.algorithms.losses import AGGREGATION_MODES, KL_ESTIMATORS, POLICY_LOSSES
 
+    from rlkit.algorithms.losses import CORRECTION_MODES
+
     for key, value, known in (("algo.advantage", algo.advantage, ADVANTAGE_ESTIMATORS),
                               ("algo.loss", algo.loss, POLICY_LOSSES),
                               ("algo.loss_agg", algo.loss_agg, AGGREGATION_MODES),
-                              ("algo.kl_estimator", algo.kl_estimator, KL_ESTIMATORS)):
+                              ("algo.kl_estimator", algo.kl_estimator, KL_ESTIMATORS),
+                              ("algo.kl_mode", algo.kl_mode, ("loss", "reward")),
+                              ("algo.rollout_correction", algo.rollout_correction, CORRECTION_MODES)):
         if ":" in value and key in ("algo.advantage", "algo.loss"):
             continue  # a user's "module:function", imported when the run starts
         if value not in known:
             close = difflib.get_close_matches(value, list(known), n=1, cutoff=0.5)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"{key}: unknown value {value!r}{hint} (known: {', '.join(sorted(known))})")
+    low, high = algo.rollout_mask_band
+    if algo.rollout_is_cap <= 0 or not 0 <= low < high:
+        raise ConfigError("algo.rollout_is_cap must be > 0 and algo.rollout_mask_band [low, high] with 0 <= low < high")
 
 
 def config_to_dict(cfg: Any) -> Any:

@@ -1,4 +1,5 @@
-"""The policy objective handed to a training backend: policy loss + KL + entropy terms.
+"""The policy objective handed to a training backend: policy loss + KL + entropy terms,
+optionally weighted by a rollout importance correction.
 
 Every term is normalised with ``aggregate_partial`` and the *global* counts of the whole
 rollout batch, so summing micro-batch losses (and, under data parallelism, ranks) gives the
@@ -10,13 +11,15 @@ from __future__ import annotations
 
 import torch
 
-from rlkit.algorithms.losses import aggregate_partial, get_loss, kl
+from rlkit.algorithms.losses import aggregate_partial, get_loss, importance_correction, kl
 
 
 def make_loss_fn(algo, num_seqs: int, num_tokens: int, max_len: int, metric_tokens: int):
     """``loss_fn(logp, entropy, micro) -> (loss, metrics)`` for ``SingleBackend.train_step``.
 
     ``metric_tokens`` normalises the logged token means (over the rows actually trained on).
+    Metrics whose name ends in ``_max`` are maxima: backends and ``optimize`` combine them with
+    ``max`` (``rlkit.dist.combine_metric``), all others by summing.
     """
     policy_loss = get_loss(algo.loss)
     denom = max(metric_tokens, 1)
@@ -29,15 +32,26 @@ def make_loss_fn(algo, num_seqs: int, num_tokens: int, max_len: int, metric_toke
         old = micro.old_logprobs if micro.old_logprobs is not None else logp.detach()
         per_token = policy_loss(logp, old, micro.advantages, mask, eps_low=algo.eps_low,
                                 eps_high=algo.eps_high, dual_clip=algo.dual_clip)
+        metrics: dict[str, float] = {}
+        if micro.rollout_logprobs is not None:  # the engine's log-probs of the same tokens
+            with torch.no_grad():
+                gap = torch.where(mask, (old - micro.rollout_logprobs).abs(), 0.0)
+                metrics["rollout/logp_gap_mean"] = float(gap.sum()) / denom
+                metrics["rollout/logp_gap_max"] = float(gap.max()) if gap.numel() else 0.0
+            if algo.rollout_correction != "none":
+                weights = importance_correction(old, micro.rollout_logprobs, mask, algo.rollout_correction,
+                                                algo.rollout_is_cap, tuple(algo.rollout_mask_band))
+                per_token = per_token * weights
+                metrics["rollout/is_weight"] = float(weights.sum()) / denom
         loss = agg(per_token, mask)
-        metrics: dict[str, float] = {"loss/policy": float(loss.detach())}
+        metrics["loss/policy"] = float(loss.detach())
         with torch.no_grad():
             log_ratio = torch.where(mask, logp.detach() - old, torch.zeros_like(old))
             ratio = log_ratio.exp()
             clipped = ((ratio < 1 - algo.eps_low) | (ratio > 1 + algo.eps_high)) & mask
             metrics["clip_frac"] = float(clipped.sum()) / denom
             metrics["approx_kl_old"] = float((torch.expm1(-log_ratio) + log_ratio)[mask].sum()) / denom
-        if algo.kl_coef:
+        if algo.kl_coef and algo.kl_mode == "loss":
             if micro.ref_logprobs is None:
                 raise ValueError("algo.kl_coef > 0 but the batch has no ref_logprobs")
             kl_tok = kl(logp, micro.ref_logprobs, algo.kl_estimator)
@@ -51,3 +65,17 @@ def make_loss_fn(algo, num_seqs: int, num_tokens: int, max_len: int, metric_toke
         return loss, metrics
 
     return loss_fn
+
+
+def kl_shaped_scores(batch, algo) -> torch.Tensor:
+    """The KL penalty in the reward (``algo.kl_mode: reward``), from the trainer's log-probs
+    before the update: ``batch.token_rewards`` lose beta kl_t on each token (what GAE reads),
+    and the returned scores are R_i - beta sum_t kl_t (what outcome estimators read, as verl
+    does with ``use_kl_in_reward``)."""
+    if batch.old_logprobs is None or batch.ref_logprobs is None:
+        raise ValueError("kl_mode=reward needs old_logprobs and ref_logprobs on the batch")
+    kl_tok = kl(batch.old_logprobs, batch.ref_logprobs, algo.kl_estimator)
+    penalty = algo.kl_coef * torch.where(batch.loss_mask, kl_tok, torch.zeros_like(kl_tok))
+    if batch.token_rewards is not None:
+        batch.token_rewards = batch.token_rewards - penalty
+    return batch.scores - penalty.sum(dim=1)

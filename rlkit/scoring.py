@@ -76,3 +76,12 @@ def isolate_unscored(group_ids: torch.Tensor, scored: torch.Tensor) -> torch.Ten
     its prompt's group statistics (a failed or not-applicable reward is not a zero reward)."""
     fresh = group_ids.max() + 1 + torch.arange(group_ids.numel())
     return torch.where(scored, group_ids, fresh)
+
+
+def add_length_penalty(batch: RolloutBatch, penalty: torch.Tensor, name: str = "overlong") -> None:
+    """Add a per-row ``penalty`` [B] to the scores, as reward component ``name`` and on each
+    row's last token of ``token_rewards`` (so every consumer of the scores sees it)."""
+    batch.scores = batch.scores + penalty
+    batch.reward_components[name] = penalty.clone()
+    if batch.token_rewards is not None:
+        batch.token_rewards = batch.token_rewards + batch.outcome_token_rewards(penalty)

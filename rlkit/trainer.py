@@ -7,6 +7,7 @@ Every branch below is a named config switch; the loop never asks which algorithm
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -16,19 +17,22 @@ from pathlib import Path
 
 import torch
 
-from rlkit.algorithms.advantages import get_advantage
-from rlkit.batch import RolloutBatch, build_batch
+from rewards.shaping import overlong_shaping
+from rlkit.algorithms.advantages import estimator_inputs, get_advantage
+from rlkit.batch import RolloutBatch, build_batch, concat_batches
 from rlkit.checkpoint import resume, save_checkpoint, should_save, start_point
-from rlkit.config import Config, ConfigError, save_config
+from rlkit.config import Config, ConfigError, overlong_tokens, save_config
+from rlkit.critic import critic_config, make_value_loss_fn
 from rlkit.data import PromptSampler, load_rows, prompt_token_ids
-from rlkit.dist import make_backend
+from rlkit.dist import combine_metric, make_backend
 from rlkit.dist.sharding import RankShare
 from rlkit.eval.heldout import heldout_records, summarize_heldout
 from rlkit.logging import MetricsLogger, PhaseTimer
 from rlkit.models import load_tokenizer
-from rlkit.objective import make_loss_fn
+from rlkit.objective import kl_shaped_scores, make_loss_fn
 from rlkit.rollout import Sampling, make_rollout
-from rlkit.scoring import build_reward, isolate_unscored, score_batch, scored_rows
+from rlkit.sampling import first_groups, varied_group_rows
+from rlkit.scoring import add_length_penalty, build_reward, isolate_unscored, score_batch, scored_rows
 
 
 def train(cfg: Config) -> dict:
@@ -66,6 +70,10 @@ def train(cfg: Config) -> dict:
                            seed=cfg.train.seed + start + 1_000_003 * share.dp_rank, world_size=backend.world_size,
                            rank=backend.rank, collectives=backend)
     estimator = get_advantage(cfg.algo.advantage)
+    critic_cfg = critic_config(cfg)
+    # PPO: an estimator that reads values gets a critic, trained by a backend of its own.
+    critic = make_backend(critic_cfg, optimizer_steps, role="critic") if "values" in getattr(
+        estimator, "inputs", ()) else None
     sampling = Sampling(n=cfg.rollout.num_samples, max_new_tokens=cfg.rollout.max_new_tokens,
                         temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p)
     logger = MetricsLogger(run_dir, cfg.train.steps, cfg.log.progress, cfg.log.console_every,
@@ -88,9 +96,64 @@ def train(cfg: Config) -> dict:
             (run_dir / f"eval_step{step}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
             summary["eval_before" if step == 0 else "eval_after"] = metrics
 
+    overlong = overlong_tokens(cfg.algo, cfg.rollout.max_new_tokens)
+
+    def sample_round(step_rows: list[dict], first_group_id: int, timer: PhaseTimer) -> tuple[RolloutBatch, int]:
+        """Generate this rank's share of ``step_rows`` and score it: (batch, failed rows)."""
+        global_index = share.generation_indices(len(step_rows))
+        rows = [step_rows[i] for i in global_index]
+        with timer("generate"):
+            prompts = prompt_token_ids(rows, tokenizer, cfg.data)
+            gens = rollout.generate(prompts, sampling)
+            gens = [g for g in gens if share.trains_on(g.prompt_index)]
+        batch = build_batch(
+            prompt_ids=[prompts[g.prompt_index] for g in gens],
+            completion_ids=[g.token_ids for g in gens],
+            group_ids=[first_group_id + global_index[g.prompt_index] for g in gens],
+            finished=[g.finished for g in gens],
+            pad_token_id=tokenizer.pad_token_id,
+            rollout_logprobs=[g.logprobs for g in gens] if gens and gens[0].logprobs is not None else None,
+            rows=[{**rows[g.prompt_index], "completion": g.text} for g in gens],
+        )
+        with timer("score"):
+            result = score_batch(reward, batch, [g.token_ids for g in gens])
+            if overlong:  # DAPO's soft overlong punishment, before any filtering sees the scores
+                limit = cfg.rollout.max_new_tokens
+                penalty = [overlong_shaping(min(len(g.token_ids), limit), limit, overlong, cfg.algo.overlong_factor)
+                           for g in gens]
+                add_length_penalty(batch, torch.tensor(penalty, dtype=torch.float32))
+        return batch, len(result.failures)
+
+    def sample_step(step: int, timer: PhaseTimer) -> tuple[RolloutBatch, RolloutBatch, int, dict]:
+        """(batch, spare row, failed rows, metrics) for one step: one round of
+        ``prompts_per_step`` prompts, or with ``algo.dynamic_sampling`` (DAPO) rounds that drop
+        the groups with equal scores until ``prompts_per_step`` groups are kept or
+        ``algo.max_sampling_rounds`` rounds are done.  The spare row lets a rank that kept no
+        group still join the collective forward passes of the others."""
+        target = cfg.train.prompts_per_step
+        rounds = cfg.algo.max_sampling_rounds if cfg.algo.dynamic_sampling else 1
+        parts, failures, drawn, kept = [], 0, 0, 0
+        for round_index in range(rounds):
+            part, failed = sample_round(sampler.next(target), ((step - 1) * rounds + round_index) * target, timer)
+            spare = part.select(torch.arange(min(part.size, 1)))
+            failures += failed
+            drawn += target
+            if not cfg.algo.dynamic_sampling:
+                return part, spare, failures, {}
+            varied = part.select(torch.nonzero(varied_group_rows(part)).flatten())
+            parts.append(varied)
+            kept += int(backend.all_reduce([len(set(varied.group_ids.tolist()))])[0])
+            if kept >= target:
+                break
+        metrics = {"sampling/rounds": round_index + 1, "sampling/prompts_drawn": drawn,
+                   "sampling/kept_groups": min(kept, target)}
+        if kept == 0:  # nothing to learn from in any round: the last round, all advantages 0
+            return part, spare, failures, metrics
+        return first_groups(concat_batches(parts, tokenizer.pad_token_id), target, backend), spare, failures, metrics
+
     try:
         if checkpoint:  # weights, optimizer, data position, reward state, RNGs; weights pushed to the rollout
-            summary.update(resume(checkpoint, cfg, backend, sampler, reward, rollout, logger))
+            summary.update(resume(checkpoint, cfg, backend, sampler, reward, rollout, logger, critic))
         elif server:  # the server may have started from other weights than the trainer's
             rollout.update_weights(backend.named_parameters())
         if cfg.eval.before and start == 0:
@@ -98,57 +161,52 @@ def train(cfg: Config) -> dict:
         for step in range(start + 1, cfg.train.steps + 1):
             timer = PhaseTimer()
             started = time.perf_counter()
-            step_rows = sampler.next(cfg.train.prompts_per_step)
-            global_index = share.generation_indices(len(step_rows))
-            rows = [step_rows[i] for i in global_index]
-
-            with timer("generate"):
-                prompts = prompt_token_ids(rows, tokenizer, cfg.data)
-                gens = rollout.generate(prompts, sampling)
-                gens = [g for g in gens if share.trains_on(g.prompt_index)]
-                rollout.sleep()
-            batch = build_batch(
-                prompt_ids=[prompts[g.prompt_index] for g in gens],
-                completion_ids=[g.token_ids for g in gens],
-                group_ids=[(step - 1) * len(step_rows) + global_index[g.prompt_index] for g in gens],
-                finished=[g.finished for g in gens],
-                pad_token_id=tokenizer.pad_token_id,
-                rollout_logprobs=[g.logprobs for g in gens] if gens and gens[0].logprobs is not None else None,
-                rows=[{**rows[g.prompt_index], "completion": g.text} for g in gens],
-            )
-
+            batch, spare, failures, sampling_metrics = sample_step(step, timer)
+            rollout.sleep()
             with timer("score"):
-                result = score_batch(reward, batch, [g.token_ids for g in gens])
                 reward_metrics = reward.update(batch) or {}
 
             with timer("logprobs"):
-                if cfg.algo.epochs > 1 or cfg.algo.mini_batches > 1:
-                    batch.old_logprobs = backend.logprobs(batch, cfg.train.micro_batch_size)
+                kl_in_reward = bool(cfg.algo.kl_coef) and cfg.algo.kl_mode == "reward"
+                if cfg.algo.epochs > 1 or cfg.algo.mini_batches > 1 or kl_in_reward:
+                    batch.old_logprobs = logprobs_or_filler(backend.logprobs, batch, spare, cfg)
                 if cfg.algo.kl_coef:
-                    batch.ref_logprobs = backend.ref_logprobs(batch, cfg.train.micro_batch_size)
+                    batch.ref_logprobs = logprobs_or_filler(backend.ref_logprobs, batch, spare, cfg)
+                if critic is not None:  # the critic backend's per-token output is V
+                    batch.values = logprobs_or_filler(critic.logprobs, batch, spare, cfg)
 
             scored = scored_rows(batch)
-            batch.advantages = estimator(batch.scores, isolate_unscored(batch.group_ids, scored),
-                                         batch.loss_mask, **cfg.algo.advantage_kwargs)
+            scores = kl_shaped_scores(batch, cfg.algo) if kl_in_reward else batch.scores
+            inputs = estimator_inputs(estimator, {"input_ids": batch.input_ids, "all_reduce": backend.all_reduce,
+                                                  "values": batch.values, "token_rewards": batch.token_rewards})
+            out = estimator(scores, isolate_unscored(batch.group_ids, scored), batch.loss_mask, **inputs,
+                            **cfg.algo.advantage_kwargs)
+            batch.advantages, batch.returns = out if isinstance(out, tuple) else (out, None)
             batch.validate()
 
             with timer("train"):
-                train_metrics = optimize(backend, batch, cfg)
+                train_metrics = optimize(backend, batch, cfg, filler=spare)
+                if critic is not None:
+                    value_loss = functools.partial(make_value_loss_fn, clip=cfg.critic.value_clip)
+                    for k, v in optimize(critic, batch, critic_cfg, filler=spare, make_loss=value_loss).items():
+                        train_metrics[k if k.startswith("critic/") else f"critic/{k}"] = v
 
             with timer("sync"):
                 rollout.wake()
                 rollout.update_weights(backend.sync_weights())
 
             step_seconds = time.perf_counter() - started
-            parts = backend.all_gather_object(rollout_stats(batch, len(result.failures), int((~scored).sum())))
+            parts = backend.all_gather_object(rollout_stats(batch, failures, int((~scored).sum())))
             metrics = step_metrics(merge_stats(parts), cfg, step_seconds)
+            metrics.update(sampling_metrics)
             metrics.update(train_metrics)
             metrics.update(reward_metrics)
             metrics.update(timer.metrics())
             log(step, metrics)
             summary["last_train"] = metrics
             if should_save(cfg, step):
-                save_checkpoint(run_dir, step, backend, sampler, reward, cfg, extra={"summary": summary})
+                save_checkpoint(run_dir, step, backend, sampler, reward, cfg, extra={"summary": summary},
+                                critic=critic)
             if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
                 run_eval(step)
         if cfg.eval.after:
@@ -166,7 +224,17 @@ def train(cfg: Config) -> dict:
     return summary
 
 
-def optimize(backend, batch: RolloutBatch, cfg: Config) -> dict:
+def logprobs_or_filler(fn, batch: RolloutBatch, spare: RolloutBatch, cfg: Config) -> torch.Tensor:
+    """``fn(batch)``; a rank left without rows (dynamic sampling) runs ``fn`` on its spare row
+    instead, so that it still makes the collective forward passes of ZeRO-3."""
+    if batch.size or not spare.size:
+        return fn(batch, cfg.train.micro_batch_size)
+    fn(spare, cfg.train.micro_batch_size)
+    return torch.zeros(batch.input_ids.shape, dtype=torch.float32)
+
+
+def optimize(backend, batch: RolloutBatch, cfg: Config, filler: RolloutBatch | None = None,
+             make_loss=make_loss_fn) -> dict:
     """``algo.epochs`` passes of ``algo.mini_batches`` optimizer steps over the rollout batch.
 
     Loss denominators are the counts over all ranks, so N ranks make the update one process
@@ -182,21 +250,22 @@ def optimize(backend, batch: RolloutBatch, cfg: Config) -> dict:
         for mini in minis:
             sub = batch.select(mini)
             keep = torch.arange(sub.size)
-            if cfg.train.skip_zero_advantage and not algo.kl_coef and not algo.entropy_coef:
+            if cfg.train.skip_zero_advantage and not (algo.kl_coef and algo.kl_mode == "loss") and not algo.entropy_coef:
                 keep = torch.nonzero((sub.advantages != 0).any(dim=1)).flatten()
             trained = sub.select(keep)
             num_seqs, num_tokens, metric_tokens, trained_rows = backend.all_reduce(
                 [sub.size, int(sub.loss_mask.sum()), int(trained.loss_mask.sum()), trained.size])
             if trained_rows == 0:  # no rank has a row that moves the weights
                 continue
-            loss_fn = make_loss_fn(algo, int(num_seqs), int(num_tokens), cfg.rollout.max_new_tokens,
-                                   metric_tokens=int(metric_tokens))
+            loss_fn = make_loss(algo, int(num_seqs), int(num_tokens), cfg.rollout.max_new_tokens,
+                                metric_tokens=int(metric_tokens))
             # Rows sorted by length fill each micro-batch with similar lengths: little padding.
             by_length = torch.argsort(trained.completion_lengths, stable=True)
             micro = [trained.select(idx) for idx in by_length.split(cfg.train.micro_batch_size) if idx.numel()]
-            filler = batch.select(torch.arange(1)) if batch.size else None  # a rank with nothing to train
+            if batch.size:  # a row for a rank with nothing to train in this mini-batch
+                filler = batch.select(torch.arange(1))
             for k, v in backend.train_step(micro, loss_fn, filler=filler).items():
-                totals[k] = totals.get(k, 0.0) + v / (algo.epochs * len(minis))
+                combine_metric(totals, k, v, weight=1 / (algo.epochs * len(minis)))
             totals["trained_rows"] = totals.get("trained_rows", 0.0) + trained_rows / algo.epochs
     return totals
 

@@ -4,12 +4,14 @@ All functions are pure tensor maths (no config objects, no module state besides 
 registry).  Shapes: ``B`` sequences, ``T`` token positions; masks are ``True`` = include
 and line up with ``RolloutBatch.loss_mask`` (see ``rlkit/batch.py``).
 
-Outcome estimators in ``ADVANTAGE_ESTIMATORS`` share one signature::
+Estimators in ``ADVANTAGE_ESTIMATORS`` share one signature::
 
     fn(scores: Tensor[B], group_ids: Tensor[B], loss_mask: Tensor[B, T], **hparams) -> Tensor[B, T]
 
-returning the per-sequence advantage on every ``loss_mask`` token and 0 elsewhere.  A user
-may pass their own callable with that signature wherever a registered name is accepted.
+returning the advantage of every ``loss_mask`` token and 0 elsewhere.  An estimator that needs
+more of the batch names it in an ``inputs`` attribute (``input_ids``, ``all_reduce``; see
+``estimator_inputs``) and receives it as a keyword.  A user may pass their own callable with
+that signature wherever a registered name is accepted.
 """
 from __future__ import annotations
 
@@ -153,11 +155,13 @@ def gae(
     return advantages, returns
 
 
-def whiten(x: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
+def whiten(x: Tensor, mask: Tensor, eps: float = 1e-8, all_reduce=None) -> Tensor:
     """Masked whitening: (x - mean) / sqrt(var + eps) over the ``mask`` entries of ``x``.
 
     ``var`` is unbiased (Bessel-corrected); ``eps`` sits under the root.  The mean is not
     added back.  Masked-out entries become 0; with fewer than two entries the result is 0.
+    ``all_reduce`` (a backend's ``all_reduce(list) -> list`` sum) makes the statistics those
+    of all ranks' entries, so data-parallel ranks whiten as one process would.
     """
     if x.shape != mask.shape:
         raise ValueError(f"whiten: x {tuple(x.shape)} and mask {tuple(mask.shape)} differ in shape")
@@ -165,7 +169,128 @@ def whiten(x: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
     x = _float(x)
     zero = torch.zeros((), dtype=x.dtype, device=x.device)
     n = mask.sum().to(x.dtype)
-    mean = torch.where(mask, x, zero).sum() / n.clamp(min=1)
+    total = torch.where(mask, x, zero).sum()
+    if all_reduce is not None:
+        n, total = (torch.tensor(v, dtype=x.dtype) for v in all_reduce([float(n), float(total)]))
+    mean = total / n.clamp(min=1)
     centered = torch.where(mask, x - mean, zero)
-    var = (centered * centered).sum() / (n - 1).clamp(min=1)
+    square = (centered * centered).sum()
+    if all_reduce is not None:
+        square = torch.tensor(all_reduce([float(square)])[0], dtype=x.dtype)
+    var = square / (n - 1).clamp(min=1)
     return centered * torch.rsqrt(var + eps)
+
+
+@register_advantage("reinforce_pp")
+def reinforce_pp_advantages(scores: Tensor, group_ids: Tensor, loss_mask: Tensor, *, all_reduce=None,
+                            eps: float = 1e-8) -> Tensor:
+    """REINFORCE++ with a group baseline (Hu et al. 2025, arXiv 2501.03262, Sec. 3, the
+    "baseline" variant): A_i = R_i - mean_G R on every token, then whitened over the tokens of
+    the whole batch (all ranks): ``[B, T]``."""
+    centered = broadcast_to_tokens(group_advantages(scores, group_ids, "dr_grpo"), loss_mask)
+    return whiten(centered, loss_mask, eps, all_reduce=all_reduce)
+
+
+reinforce_pp_advantages.inputs = ("all_reduce",)
+
+
+@register_advantage("gae")
+def gae_advantages(scores: Tensor, group_ids: Tensor, loss_mask: Tensor, *, values: Tensor, token_rewards: Tensor,
+                   all_reduce=None, gamma: float = 1.0, lam: float = 0.95) -> tuple[Tensor, Tensor]:
+    """PPO with a critic: ``gae`` on the token rewards (outcome score on the last token, dense
+    rewards where a reward module gives them) and the critic's values, advantages whitened over
+    the whole batch (all ranks).  Returns ``(advantages, returns)``, both ``[B, T]``; the
+    returns are the critic's regression targets."""
+    advantages, returns = gae(token_rewards, values, loss_mask, gamma, lam)
+    return whiten(advantages, loss_mask, all_reduce=all_reduce), returns
+
+
+gae_advantages.inputs = ("values", "token_rewards", "all_reduce")
+
+
+def estimator_inputs(estimator: AdvantageFn, available: dict) -> dict:
+    """The extra keyword inputs an estimator declares in its ``inputs`` attribute (for example
+    ``("input_ids",)`` for TEMPO, ``("all_reduce",)`` for batch whitening, ``("values", ...)``
+    for a critic), from ``available``.  An estimator that reads ``values`` makes the trainer
+    build and train a critic (rlkit/critic.py) and may return ``(advantages, returns)``."""
+    wanted = getattr(estimator, "inputs", ())
+    missing = [name for name in wanted if name not in available]
+    if missing:
+        raise ValueError(f"advantage estimator needs {missing}, which this loop does not provide")
+    return {name: available[name] for name in wanted}
+
+
+def tempo_advantages(token_ids: list[list[int]], scores: list[float], norm_by_std: bool = True,
+                     eps: float = 1e-6) -> list[list[float]]:
+    """TEMPO prefix-tree advantages for one group (arXiv 2509.18314, Sec. 3; spec section 3).
+
+    S_0 is the whole group and S_{t+1} the members of S_t whose token at position t equals
+    completion i's; V(S) is the mean raw score of S.  Then
+    A_{i,t} = [(R_i - mu) + (V(S_{t+1}) - V(S_t))] / (sigma + eps), with mu and sigma the
+    group mean and unbiased std (no division with ``norm_by_std=False``).  The TD term is
+    non-zero only where the tree branches; once a completion is alone its remaining tokens keep
+    the plain GRPO value.  The sets are the nodes of a prefix trie built once (a dict per
+    depth keyed by (parent node, token)), so the cost is O(K L), not O(K^2 L).  A group of
+    one gets zeros, as in GRPO.
+    """
+    if len(token_ids) != len(scores):
+        raise ValueError(f"tempo_advantages: {len(token_ids)} completions but {len(scores)} scores")
+    k = len(scores)
+    if k < 2:
+        return [[0.0] * len(ids) for ids in token_ids]
+    mu = sum(scores) / k
+    sigma = (sum((s - mu) ** 2 for s in scores) / (k - 1)) ** 0.5
+    scale = 1.0 / (sigma + eps) if norm_by_std else 1.0
+    if norm_by_std and sigma + eps == 0:
+        scale = 0.0
+    # paths[i][t] = the trie node of completion i's first t+1 tokens; node 0 is the root (S_0).
+    node_sum, node_count = [float(sum(scores))], [k]
+    children: dict[tuple[int, int], int] = {}
+    paths: list[list[int]] = []
+    for ids, score in zip(token_ids, scores):
+        node, path = 0, []
+        for tok in ids:
+            key = (node, int(tok))
+            child = children.get(key)
+            if child is None:
+                child = children[key] = len(node_sum)
+                node_sum.append(0.0)
+                node_count.append(0)
+            node_sum[child] += score
+            node_count[child] += 1
+            path.append(child)
+            node = child
+        paths.append(path)
+    value = [s / c for s, c in zip(node_sum, node_count)]
+    out = []
+    for path, score in zip(paths, scores):
+        base = score - mu
+        parent = value[0]
+        row = []
+        for node in path:
+            row.append((base + value[node] - parent) * scale)
+            parent = value[node]
+        out.append(row)
+    return out
+
+
+@register_advantage("tempo")
+def tempo_batch_advantages(scores: Tensor, group_ids: Tensor, loss_mask: Tensor, *, input_ids: Tensor,
+                           norm_by_std: bool = True, eps: float = 1e-6) -> Tensor:
+    """TEMPO over a batch: ``tempo_advantages`` per group on the completion tokens (the
+    ``loss_mask`` positions of ``input_ids``), written back onto those positions: ``[B, T]``."""
+    mask = loss_mask.bool()
+    out = torch.zeros(mask.shape, dtype=torch.float32, device=loss_mask.device)
+    values = _float(scores).tolist()
+    completions = [row[m].tolist() for row, m in zip(input_ids, mask)]
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(group_ids.tolist()):
+        members.setdefault(g, []).append(i)
+    for rows in members.values():
+        advs = tempo_advantages([completions[i] for i in rows], [values[i] for i in rows], norm_by_std, eps)
+        for i, adv in zip(rows, advs):
+            out[i, mask[i]] = torch.tensor(adv, dtype=out.dtype, device=out.device)
+    return out
+
+
+tempo_batch_advantages.inputs = ("input_ids",)  # what the trainer passes besides the usual three

@@ -23,6 +23,7 @@ from rlkit.algorithms.registry import Registry
 
 AGGREGATION_MODES = ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm", "seq_mean_token_sum")
 KL_ESTIMATORS = ("k1", "k2", "k3")
+CORRECTION_MODES = ("none", "token_tis", "seq_tis", "seq_mask")
 
 LossFn = Callable[..., Tensor]
 POLICY_LOSSES = Registry("policy loss")
@@ -76,6 +77,71 @@ def ppo_clip(
     if dual_clip is not None:
         loss = torch.where(adv < 0, torch.minimum(loss, -adv * dual_clip), loss)
     return torch.where(mask, loss, zero)
+
+
+@register_loss("gspo")
+def gspo(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    eps_low: float = 3e-4,
+    eps_high: float = 4e-4,
+    dual_clip: float | None = None,
+) -> Tensor:
+    """GSPO: one importance ratio per sequence (Zheng et al. 2025, arXiv 2507.18071, Eq. 5-7).
+
+    s_i = exp(mean_t (logp - old_logp)) over the sequence's mask tokens, clipped like PPO:
+    l_i = max(-A_i s_i, -A_i clip(s_i, 1 - eps_low, 1 + eps_high)), written on every mask
+    token of the sequence (so ``seq_mean_token_mean`` aggregation gives the paper's
+    sequence mean).  ``A_i`` is the advantage of the sequence's first mask token (outcome
+    advantages are constant along a sequence).  The paper's ranges are far narrower than
+    PPO's (3e-4 / 4e-4), hence the defaults; ``dual_clip`` is accepted for a uniform signature
+    and applied per sequence where A < 0.  Returns ``[B, T]``, 0 where ``mask`` is False.
+    """
+    _check_same_shape("gspo", logp=logp, old_logp=old_logp, advantages=advantages, mask=mask)
+    mask = mask.bool()
+    zero = logp.new_zeros(())
+    log_ratio = torch.where(mask, logp - torch.where(mask, old_logp, zero).detach(), zero)  # [B, T]
+    lengths = mask.sum(dim=1).clamp(min=1)  # [B]
+    seq_ratio = torch.exp(log_ratio.sum(dim=1) / lengths)  # [B]
+    first = mask.float().argmax(dim=1)  # [B] first completion token
+    adv = torch.where(mask.any(dim=1), advantages.detach().to(logp.dtype).gather(1, first[:, None])[:, 0], zero)
+    loss = torch.maximum(-adv * seq_ratio, -adv * torch.clamp(seq_ratio, 1.0 - eps_low, 1.0 + eps_high))  # [B]
+    if dual_clip is not None:
+        loss = torch.where(adv < 0, torch.minimum(loss, -adv * dual_clip), loss)
+    return torch.where(mask, loss[:, None].expand_as(log_ratio), zero)
+
+
+def importance_correction(old_logp: Tensor, rollout_logp: Tensor, mask: Tensor, mode: str,
+                          cap: float = 2.0, band: tuple[float, float] = (0.5, 2.0)) -> Tensor:
+    """Per-token weights that correct for the rollout engine's log-probs differing from the
+    trainer's (truncated importance sampling; Yao et al. 2025, "Your efficient RL framework
+    secretly brings you off-policy RL training", Eq. 3; spec section 1).
+
+    - ``token_tis``: w_t = min(exp(old_logp_t - rollout_logp_t), cap)
+    - ``seq_tis``: one weight per sequence, min(exp(sum_t (old - rollout)), cap)
+    - ``seq_mask``: 1, or 0 for sequences whose ratio exp(mean_t (old - rollout)) leaves ``band``
+    - ``none``: 1
+
+    Returns ``[B, T]`` (constants, no gradient), 0 where ``mask`` is False.
+    """
+    mask = mask.bool()
+    zero = old_logp.new_zeros(())
+    diff = torch.where(mask, (old_logp - rollout_logp).detach(), zero)  # [B, T]
+    if mode == "none":
+        weights = torch.ones_like(diff)
+    elif mode == "token_tis":
+        weights = torch.exp(diff).clamp(max=cap)
+    elif mode == "seq_tis":
+        weights = torch.exp(diff.sum(dim=1)).clamp(max=cap)[:, None].expand_as(diff)
+    elif mode == "seq_mask":
+        ratio = torch.exp(diff.sum(dim=1) / mask.sum(dim=1).clamp(min=1))  # [B]
+        keep = (ratio >= band[0]) & (ratio <= band[1])
+        weights = keep.to(diff.dtype)[:, None].expand_as(diff)
+    else:
+        raise ValueError(f"importance_correction: unknown mode {mode!r}; choose none, token_tis, seq_tis or seq_mask")
+    return torch.where(mask, weights, zero)
 
 
 def aggregate_partial(

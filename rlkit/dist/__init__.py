@@ -55,15 +55,27 @@ class TrainBackend(Protocol):
     def close(self) -> None: ...
 
 
-def make_backend(cfg, total_optimizer_steps: int) -> TrainBackend:
+def combine_metric(totals: dict[str, float], key: str, value: float, weight: float = 1.0) -> None:
+    """Fold one micro-batch's (or mini-batch's) metric into ``totals``: names ending in
+    ``_max`` keep the maximum, all others add ``weight * value`` (loss metrics are partial
+    sums over a batch with global denominators)."""
+    if key.endswith("_max"):
+        totals[key] = max(totals.get(key, float("-inf")), float(value))
+    else:
+        totals[key] = totals.get(key, 0.0) + weight * float(value)
+
+
+def make_backend(cfg, total_optimizer_steps: int, role: str = "policy") -> TrainBackend:
+    """The training backend named by ``backend.name``; ``role="critic"`` trains a value model
+    (rlkit/critic.py) with the same machinery."""
     if cfg.backend.name == "single":
         from rlkit.dist.single import SingleBackend
 
-        return SingleBackend(cfg, total_optimizer_steps)
+        return SingleBackend(cfg, total_optimizer_steps, role)
     if cfg.backend.name == "deepspeed":
         from rlkit.dist.deepspeed import DeepSpeedBackend
 
-        return DeepSpeedBackend(cfg, total_optimizer_steps)
+        return DeepSpeedBackend(cfg, total_optimizer_steps, role)
     raise ValueError(f"unknown training backend {cfg.backend.name!r}; choose single or deepspeed")
 
 

@@ -16,7 +16,7 @@ from typing import Iterator
 import torch
 
 from rlkit.batch import RolloutBatch
-from rlkit.dist import LossFn
+from rlkit.dist import LossFn, combine_metric
 from rlkit.dist.collectives import TorchCollectives
 from rlkit.dist.lora import apply_lora, is_lora, merged_weights, save_adapter
 from rlkit.dist.prefix import forward_logprobs_shared
@@ -46,7 +46,8 @@ def deepspeed_config(cfg) -> dict:
 class DeepSpeedBackend(TorchCollectives):
     name = "deepspeed"
 
-    def __init__(self, cfg, total_optimizer_steps: int):
+    def __init__(self, cfg, total_optimizer_steps: int, role: str = "policy"):
+        """``role="critic"``: a ``rlkit.critic.ValueModel`` whose per-token output is values."""
         import deepspeed
 
         self.cfg = cfg
@@ -65,7 +66,12 @@ class DeepSpeedBackend(TorchCollectives):
             torch.set_num_threads(cfg.train.threads)
         self.model_path = resolve_model_path(cfg.model.path) if self.rank == 0 else None
         self.model_path = self.broadcast_object(self.model_path)
-        model = load_causal_lm(self.model_path, "float32", str(self.device), cfg.model.gradient_checkpointing)
+        if role == "critic":
+            from rlkit.critic import load_value_model
+
+            model = load_value_model(self.model_path, str(self.device), cfg.model.gradient_checkpointing)
+        else:
+            model = load_causal_lm(self.model_path, "float32", str(self.device), cfg.model.gradient_checkpointing)
         if cfg.model.lora.r:
             model = apply_lora(model, cfg.model.lora, cfg.model.gradient_checkpointing)
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -79,6 +85,10 @@ class DeepSpeedBackend(TorchCollectives):
         self.zero_stage = cfg.backend.zero_stage
         self.autocast = cfg.model.autocast_bf16 and cfg.model.dtype == "float32"
         self.forward = forward_logprobs_shared if cfg.train.share_prompt_prefix else forward_logprobs
+        if role == "critic":
+            from rlkit.critic import forward_values
+
+            self.forward = forward_values
         self.ref_model = None
         if cfg.algo.kl_coef:
             raise NotImplementedError("a KL reference model under DeepSpeed is not supported yet")
@@ -116,13 +126,14 @@ class DeepSpeedBackend(TorchCollectives):
             loss, metrics = loss_fn(logp, entropy, micro)
             self.engine.backward(loss * (self.world_size if real else 0.0), scale_wrt_gas=False)
             for k, v in metrics.items():  # a filler adds its keys (as 0): every rank all-reduces the same list
-                totals[k] = totals.get(k, 0.0) + (float(v) if real else 0.0)
+                combine_metric(totals, k, float(v) if real else 0.0)
         lr = self.scheduler.get_last_lr()[0]
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
-        names = sorted(totals)
-        summed = self.all_reduce([totals[k] for k in names]) if names else []
-        out = dict(zip(names, summed))  # metrics are partial sums over ranks' global shares
+        sums = sorted(k for k in totals if not k.endswith("_max"))
+        maxima = sorted(k for k in totals if k.endswith("_max"))
+        out = dict(zip(sums, self.all_reduce([totals[k] for k in sums]) if sums else []))  # partial sums
+        out.update(zip(maxima, self.all_reduce([totals[k] for k in maxima], "max") if maxima else []))
         out["grad_norm"] = float(norm) if norm is not None else float("nan")
         out["lr"] = lr
         return out

@@ -16,7 +16,7 @@ import torch
 
 from rlkit.algorithms.losses import entropy_from_logits
 from rlkit.batch import RolloutBatch
-from rlkit.dist import LossFn, resolve_device
+from rlkit.dist import LossFn, combine_metric, resolve_device
 from rlkit.dist.collectives import LocalCollectives
 from rlkit.dist.lora import apply_lora, is_lora, merged_weights, save_adapter
 from rlkit.dist.prefix import forward_logprobs_shared
@@ -73,7 +73,9 @@ class SingleBackend(LocalCollectives):
 
     name = "single"
 
-    def __init__(self, cfg, total_optimizer_steps: int):
+    def __init__(self, cfg, total_optimizer_steps: int, role: str = "policy"):
+        """``role="critic"``: the model is a ``rlkit.critic.ValueModel`` and the per-token
+        forward output (``logprobs``, ``train_step``'s first loss argument) is its values."""
         from rlkit.models import resolve_model_path
 
         self.cfg = cfg
@@ -81,12 +83,18 @@ class SingleBackend(LocalCollectives):
         if cfg.train.threads and self.device.type == "cpu":
             torch.set_num_threads(cfg.train.threads)
         self.model_path = resolve_model_path(cfg.model.path)
-        self.model = load_causal_lm(self.model_path, cfg.model.dtype, str(self.device),
-                                    cfg.model.gradient_checkpointing)
+        if role == "critic":
+            from rlkit.critic import forward_values, load_value_model
+
+            self.model = load_value_model(self.model_path, str(self.device), cfg.model.gradient_checkpointing)
+            self.forward = forward_values
+        else:
+            self.model = load_causal_lm(self.model_path, cfg.model.dtype, str(self.device),
+                                        cfg.model.gradient_checkpointing)
+            self.forward = forward_logprobs_shared if cfg.train.share_prompt_prefix else forward_logprobs
         if cfg.model.lora.r:
             self.model = apply_lora(self.model, cfg.model.lora, cfg.model.gradient_checkpointing)
         self.autocast = cfg.model.autocast_bf16 and cfg.model.dtype == "float32"
-        self.forward = forward_logprobs_shared if cfg.train.share_prompt_prefix else forward_logprobs
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, betas=tuple(cfg.train.betas),
                                            weight_decay=cfg.train.weight_decay)
@@ -133,7 +141,7 @@ class SingleBackend(LocalCollectives):
             loss, metrics = loss_fn(logp, entropy, micro)
             loss.backward()
             for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + float(v)
+                combine_metric(totals, k, v)
         params = [p for p in self.model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip) if params else torch.tensor(0.0)
         totals["grad_norm"] = float(grad_norm)
