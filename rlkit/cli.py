@@ -1,4 +1,4 @@
-"""Command line: ``rlkit train | serve | prepare-model``."""
+"""Command line: ``rlkit train | serve | train-prm | label-arith-steps | prepare-model``."""
 from __future__ import annotations
 
 import argparse
@@ -27,6 +27,25 @@ def main(argv: list[str] | None = None) -> int:
     sv.add_argument("--dtype", default="auto")
     sv.add_argument("--gpu-memory-utilization", type=float, default=None)
     sv.add_argument("--max-model-len", type=int, default=2048)
+    tp = sub.add_parser("train-prm", help="train a token-classification process reward model on step-labelled JSONL")
+    tp.add_argument("--data", required=True, help='JSONL rows {"prompt", "steps": [...], "labels": [0/1, ...]}')
+    tp.add_argument("--output", required=True, help="folder for the PRM (written atomically)")
+    tp.add_argument("--model", default="embedded:smollm2-135m-instruct", help="causal-LM checkpoint to start from")
+    tp.add_argument("--epochs", type=int, default=2)
+    tp.add_argument("--lr", type=float, default=2e-5)
+    tp.add_argument("--batch-size", type=int, default=8)
+    tp.add_argument("--max-length", type=int, default=1024)
+    tp.add_argument("--seed", type=int, default=0)
+    la = sub.add_parser("label-arith-steps", help="sample the policy on arithmetic word problems and label "
+                                                   "each step by checking its arithmetic (data for train-prm)")
+    la.add_argument("--output", required=True)
+    la.add_argument("--model", default="embedded:smollm2-135m-instruct")
+    la.add_argument("--num-prompts", type=int, default=256)
+    la.add_argument("--samples", type=int, default=4)
+    la.add_argument("--levels", type=int, nargs="+", default=[4, 5])
+    la.add_argument("--max-new-tokens", type=int, default=160)
+    la.add_argument("--backend", choices=["vllm", "hf"], default="vllm")
+    la.add_argument("--seed", type=int, default=0)
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "serve":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -40,6 +59,23 @@ def main(argv: list[str] | None = None) -> int:
                                      args.max_model_len, extra)
         print(" ".join(command), flush=True)
         os.execve(command[0], command, env)
+    if args.command == "train-prm":
+        from rlkit.prm_training import PRMDataError, train_prm
+
+        try:
+            train_prm(args.data, args.output, args.model, args.epochs, args.lr, args.batch_size, args.max_length,
+                      args.seed, log=lambda line: print(line, file=sys.stderr, flush=True))
+        except PRMDataError as exc:
+            print(f"rlkit: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    if args.command == "label-arith-steps":
+        from rlkit.prm_training import label_arith_steps
+
+        counts = label_arith_steps(args.output, args.model, args.num_prompts, args.samples, tuple(args.levels),
+                                   args.max_new_tokens, seed=args.seed, backend=args.backend)
+        print(f"wrote {args.output}: {counts['rows']} rows, {counts['steps']} steps, {counts['good_steps']} good")
+        return 0
     if args.command == "prepare-model":
         from rlkit.models import cache_dir, prepare_embedded_model
 

@@ -316,7 +316,8 @@ def check_config(cfg: Config) -> None:
             bad("rollout.tensor_parallel_size", "with vllm_server, set tensor parallelism on the server "
                 "(rlkit serve ... --tensor-parallel-size N) and rollout.server_workers to match")
         if cfg.rollout.weight_transfer not in ("auto", "nccl", "gloo"):
-            bad("rollout.weight_transfer", f"unknown transport {cfg.rollout.weight_transfer!r}; choose auto, nccl or gloo")
+            bad("rollout.weight_transfer",
+                f"unknown transport {cfg.rollout.weight_transfer!r}; choose auto, nccl or gloo")
         if cfg.rollout.server_workers < 1 or cfg.rollout.weight_bucket_mb <= 0 or cfg.rollout.server_timeout_s <= 0:
             bad("rollout.server_workers", "server_workers must be >= 1, weight_bucket_mb and server_timeout_s > 0")
     if cfg.backend.name not in ("single", "deepspeed"):

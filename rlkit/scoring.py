@@ -43,11 +43,24 @@ def reward_columns(rows: list[dict]) -> dict[str, list]:
     return {k: [row.get(k) for row in rows] for k in keys if k not in ("completion", "completions")}
 
 
-def score_batch(reward, batch: RolloutBatch, completion_ids: list[list[int]]):
+def token_columns(reward, tokenizer, completion_ids: list[list[int]]) -> dict:
+    """Token-level columns for the components that ask for them: ``completion_offsets`` (the
+    end character of every sampled token, rlkit/tokens.py) when a component's callable has
+    ``wants_completion_offsets = True`` (process rewards cut steps with it)."""
+    wanted = any(getattr(comp.fn, "wants_completion_offsets", False) for comp in reward.components.values())
+    if not wanted or tokenizer is None:
+        return {}
+    from rlkit.tokens import token_char_ends
+
+    return {"completion_offsets": [token_char_ends(tokenizer, ids) for ids in completion_ids]}
+
+
+def score_batch(reward, batch: RolloutBatch, completion_ids: list[list[int]], tokenizer=None):
     """Score ``batch.rows`` in place; returns the RewardResult (failures included)."""
     completions = [row["completion"] for row in batch.rows]
     columns = reward_columns([{k: v for k, v in row.items() if k != "completion"} for row in batch.rows])
     columns["prompts"] = columns.pop("prompt", [None] * batch.size)
+    columns.update(token_columns(reward, tokenizer, completion_ids))
     result = reward.score(completions, completion_ids=completion_ids, **columns)
     batch.scores = torch.tensor(result.scores, dtype=torch.float32)
     batch.reward_components = {

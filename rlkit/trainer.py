@@ -116,7 +116,7 @@ def train(cfg: Config) -> dict:
             rows=[{**rows[g.prompt_index], "completion": g.text} for g in gens],
         )
         with timer("score"):
-            result = score_batch(reward, batch, [g.token_ids for g in gens])
+            result = score_batch(reward, batch, [g.token_ids for g in gens], tokenizer)
             if overlong:  # DAPO's soft overlong punishment, before any filtering sees the scores
                 limit = cfg.rollout.max_new_tokens
                 penalty = [overlong_shaping(min(len(g.token_ids), limit), limit, overlong, cfg.algo.overlong_factor)
@@ -250,7 +250,8 @@ def optimize(backend, batch: RolloutBatch, cfg: Config, filler: RolloutBatch | N
         for mini in minis:
             sub = batch.select(mini)
             keep = torch.arange(sub.size)
-            if cfg.train.skip_zero_advantage and not (algo.kl_coef and algo.kl_mode == "loss") and not algo.entropy_coef:
+            kl_loss = algo.kl_coef and algo.kl_mode == "loss"
+            if cfg.train.skip_zero_advantage and not kl_loss and not algo.entropy_coef:
                 keep = torch.nonzero((sub.advantages != 0).any(dim=1)).flatten()
             trained = sub.select(keep)
             num_seqs, num_tokens, metric_tokens, trained_rows = backend.all_reduce(

@@ -208,6 +208,30 @@ def gae_advantages(scores: Tensor, group_ids: Tensor, loss_mask: Tensor, *, valu
 gae_advantages.inputs = ("values", "token_rewards", "all_reduce")
 
 
+@register_advantage("process_rloo")
+def process_rloo_advantages(scores: Tensor, group_ids: Tensor, loss_mask: Tensor, *, token_rewards: Tensor,
+                            all_reduce=None) -> Tensor:
+    """Token-level RLOO on dense rewards (spec section 4; PURE, arXiv 2504.15275, Sec. 3.3):
+    G_{i,t} = sum_{t' >= t} r_{i,t'}; baseline b_i = mean_{j != i} G_{j,0} over the other
+    completions of the prompt (0 for a group of one); A_{i,t} = G_{i,t} - b_i, whitened over
+    every valid token of the batch (all ranks).  ``token_rewards`` carry the outcome score on
+    the last token plus the credited step rewards: ``[B, T]``."""
+    mask = loss_mask.bool()
+    rewards = torch.where(mask, _float(token_rewards), torch.zeros((), dtype=torch.float32))
+    returns = rewards.flip(1).cumsum(1).flip(1)  # [B, T] G_{i,t}
+    totals = rewards.sum(dim=1)  # [B] G_{i,0}
+    _, inverse = torch.unique(group_ids, return_inverse=True)
+    num_groups = int(inverse.max().item()) + 1 if inverse.numel() else 0
+    sums = totals.new_zeros(num_groups).index_add(0, inverse, totals)[inverse]  # [B]
+    counts = totals.new_zeros(num_groups).index_add(0, inverse, torch.ones_like(totals))[inverse]
+    baseline = torch.where(counts > 1, (sums - totals) / (counts - 1).clamp(min=1), torch.zeros_like(totals))
+    advantages = torch.where(mask, returns - baseline[:, None], torch.zeros_like(returns))
+    return whiten(advantages, mask, all_reduce=all_reduce)
+
+
+process_rloo_advantages.inputs = ("token_rewards", "all_reduce")
+
+
 def estimator_inputs(estimator: AdvantageFn, available: dict) -> dict:
     """The extra keyword inputs an estimator declares in its ``inputs`` attribute (for example
     ``("input_ids",)`` for TEMPO, ``("all_reduce",)`` for batch whitening, ``("values", ...)``

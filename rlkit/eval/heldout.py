@@ -6,7 +6,7 @@ from collections import defaultdict
 
 from rlkit.data import prompt_token_ids
 from rlkit.rollout import Sampling
-from rlkit.scoring import reward_columns
+from rlkit.scoring import reward_columns, token_columns
 
 
 def evaluate_heldout(rollout, tokenizer, rows: list[dict], reward, data_cfg, max_new_tokens: int,
@@ -29,7 +29,8 @@ def heldout_records(rollout, tokenizer, rows: list[dict], reward, data_cfg, max_
     completions = [g.text for g in gens]
     columns = reward_columns(rows)
     columns["prompts"] = columns.pop("prompt")
-    result = reward.score(completions, completion_ids=[g.token_ids for g in gens], **columns)
+    ids = [g.token_ids for g in gens]
+    result = reward.score(completions, completion_ids=ids, **columns, **token_columns(reward, tokenizer, ids))
     if accuracy_component and accuracy_component in result.components:
         values = result.components[accuracy_component]
     else:
