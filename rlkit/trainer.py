@@ -184,6 +184,7 @@ def train(cfg: Config) -> dict:
             batch.advantages, batch.returns = out if isinstance(out, tuple) else (out, None)
             batch.validate()
 
+            spare = zero_filler(spare, batch)
             with timer("train"):
                 train_metrics = optimize(backend, batch, cfg, filler=spare)
                 if critic is not None:
@@ -231,6 +232,15 @@ def logprobs_or_filler(fn, batch: RolloutBatch, spare: RolloutBatch, cfg: Config
         return fn(batch, cfg.train.micro_batch_size)
     fn(spare, cfg.train.micro_batch_size)
     return torch.zeros(batch.input_ids.shape, dtype=torch.float32)
+
+
+def zero_filler(spare: RolloutBatch, batch: RolloutBatch) -> RolloutBatch:
+    """The spare row with zero advantages (and zero values and returns where the batch has
+    them), for a rank that trains nothing: its passes are weighted 0 but must run the loss."""
+    for name in ("advantages", "values", "returns"):
+        if getattr(batch, name) is not None:
+            setattr(spare, name, torch.zeros(spare.loss_mask.shape, dtype=torch.float32))
+    return spare
 
 
 def optimize(backend, batch: RolloutBatch, cfg: Config, filler: RolloutBatch | None = None,

@@ -39,6 +39,23 @@ def single_result(tiny_model, tmp_path_factory):
     return _run([sys.executable, str(HELPER), "--model", tiny_model, "--single"], out)
 
 
+@pytest.mark.parametrize("advantage", ["reinforce_pp", "process_rloo"])
+def test_batch_whitening_over_two_ranks_matches_one_process(advantage, tiny_model, tmp_path):
+    """Each rank whitens its own rows with statistics summed over both ranks: the loss and the
+    update equal one process whitening the whole batch."""
+    from conftest import free_port
+
+    single = _run([sys.executable, str(HELPER), "--model", tiny_model, "--single", "--advantage", advantage],
+                  tmp_path / "single.json")
+    launcher = str(Path(sys.executable).parent / "deepspeed")
+    result = _run([launcher, "--num_gpus", "2", "--master_port", str(free_port()), str(HELPER), "--model",
+                   tiny_model, "--stage", "2", "--advantage", advantage], tmp_path / "zero2.json")
+    assert single["grad_norm"] > 1e-3  # (the loss itself is ~0: whitened advantages average to 0)
+    assert result["loss"] == pytest.approx(single["loss"], abs=1e-6)
+    assert result["grad_norm"] == pytest.approx(single["grad_norm"], rel=1e-5)
+    assert result["checksum"] == pytest.approx(single["checksum"], rel=1e-6)
+
+
 @pytest.mark.parametrize("stage,idle", [(2, False), (3, False), (3, True)], ids=["zero2", "zero3", "zero3-idle-rank"])
 def test_two_ranks_match_the_single_backend(stage, idle, tiny_model, single_result, tmp_path):
     """``idle``: rank 1 has no rows (all its prompts had zero advantages) and runs zero-weighted

@@ -1,4 +1,6 @@
 """One training step on a fixed batch, split over ranks; prints loss, grad norm and a weight checksum.
+Each rank computes the advantages of its own rows (``--advantage``), so estimators with batch
+statistics (REINFORCE++'s and process_rloo's whitening) must reduce them over all ranks.
 
     python ds_equivalence.py --model DIR --out FILE --single          # the `single` backend, all rows
     DS_ACCELERATOR=cpu deepspeed --num_gpus 2 ds_equivalence.py --model DIR --out FILE --stage 2
@@ -14,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from rlkit.algorithms.advantages import get_advantage  # noqa: E402
+from rlkit.algorithms.advantages import estimator_inputs, get_advantage  # noqa: E402
 from rlkit.batch import build_batch  # noqa: E402
 from rlkit.config import load_config  # noqa: E402
 from rlkit.dist import make_backend  # noqa: E402
@@ -36,7 +38,6 @@ def fixed_batch():
             scores.append(float(torch.rand(1, generator=g)))
     batch = build_batch(prompts, completions, groups, [True] * len(prompts), pad_token_id=0)
     batch.scores = torch.tensor(scores)
-    batch.advantages = get_advantage("grpo")(batch.scores, batch.group_ids, batch.loss_mask)
     return batch
 
 
@@ -48,6 +49,8 @@ def main() -> None:
     parser.add_argument("--stage", type=int, default=2)
     parser.add_argument("--micro", type=int, default=4)
     parser.add_argument("--idle-rank", action="store_true", help="rank 0 takes every row; the others none")
+    parser.add_argument("--advantage", default="grpo",
+                        help="estimator run on each rank's own rows (batch statistics over all ranks)")
     parser.add_argument("--local_rank", type=int, default=0)  # set by the deepspeed launcher
     args = parser.parse_args()
     cfg = load_config(None, [
@@ -63,11 +66,17 @@ def main() -> None:
     if args.idle_rank:
         mine = list(range(batch.size)) if rank == 0 else []
     local = batch.select(mine)
+    estimator = get_advantage(args.advantage)
+    inputs = estimator_inputs(estimator, {"all_reduce": backend.all_reduce, "input_ids": local.input_ids,
+                                          "token_rewards": local.outcome_token_rewards(local.scores)})
+    local.advantages = estimator(local.scores, local.group_ids, local.loss_mask, **inputs)
     counts = [local.size, int(local.loss_mask.sum())]
     seqs, tokens = backend.all_reduce(counts) if world > 1 else counts
     loss_fn = make_loss_fn(cfg.algo, int(seqs), int(tokens), max_len=8, metric_tokens=int(tokens))
     micro = [local.select(idx) for idx in torch.arange(local.size).split(cfg.train.micro_batch_size) if idx.numel()]
-    metrics = backend.train_step(micro, loss_fn, filler=batch.select(torch.arange(1)))
+    filler = batch.select(torch.arange(1))
+    filler.advantages = torch.zeros(filler.loss_mask.shape)
+    metrics = backend.train_step(micro, loss_fn, filler=filler)
     checksum = 0.0
     first = None
     for name, tensor in backend.named_parameters():
