@@ -309,3 +309,28 @@ def test_algo_preset_can_be_included(tmp_path, preset):
     path = write(tmp_path / "run.yaml", f"include: ['{preset}']\ntrain:\n  steps: 2\n")
     cfg = load_config(path)
     assert cfg.algo == load_config(preset).algo and cfg.train.steps == 2
+
+
+@pytest.mark.parametrize("override,key", [
+    ("algo.rollout_correction=tis", "algo.rollout_correction"),
+    ("algo.kl_mode=both", "algo.kl_mode"),
+    ("algo.rollout_mask_band=[2.0,0.5]", "algo.rollout_mask_band"),
+    ("algo.max_sampling_rounds=0", "algo.max_sampling_rounds"),
+    ("algo.overlong_buffer=100", "algo.overlong_buffer"),
+    ("rollout.backend=server", "rollout.backend"),
+])
+def test_new_algo_and_rollout_settings_are_checked(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_server_mode_settings_are_checked():
+    base = ["rollout.backend=vllm_server"]
+    with pytest.raises(ConfigError, match=r"rollout\.server_url"):
+        load_config(None, base + ["rollout.server_url=localhost:8000"])
+    with pytest.raises(ConfigError, match="tensor parallelism on the server"):
+        load_config(None, base + ["rollout.tensor_parallel_size=2"])
+    with pytest.raises(ConfigError, match=r"rollout\.weight_transfer"):
+        load_config(None, base + ["rollout.weight_transfer=tcp"])
+    cfg = load_config(None, base + ["critic.lr=3e-6", "algo.overlong_buffer=0.25"])
+    assert cfg.critic.lr == 3e-6 and cfg.rollout.server_url.startswith("http://")
