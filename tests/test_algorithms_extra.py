@@ -236,3 +236,28 @@ def test_kl_in_the_reward_subtracts_the_summed_token_penalty():
     batch.ref_logprobs[0, 2:4] = -1.0  # d = 1 on both tokens of row 0: k1 = 1 each
     shaped = kl_shaped_scores(batch, AlgoConfig(kl_coef=0.1, kl_estimator="k1", kl_mode="reward"))
     assert shaped.tolist() == pytest.approx([1.0 - 0.2, 0.0])
+
+
+def test_first_groups_agree_across_ranks():
+    """Two ranks with different varied groups keep the globally earliest ones between them."""
+    from types import SimpleNamespace
+
+    from rlkit.sampling import first_groups
+
+    rank0 = _tiny_batch([1, 0, 1, 0], [0, 0, 6, 6], [1] * 4)
+    rank1 = _tiny_batch([1, 0, 1, 0], [3, 3, 9, 9], [1] * 4)
+    both = SimpleNamespace(all_gather_object=lambda mine: [sorted(set(rank0.group_ids.tolist())),
+                                                          sorted(set(rank1.group_ids.tolist()))])
+    assert first_groups(rank0, 2, both).group_ids.tolist() == [0, 0]
+    assert first_groups(rank1, 2, both).group_ids.tolist() == [3, 3]
+    assert first_groups(rank1, 1, both).size == 0  # this rank keeps nothing: the trainer's spare row steps in
+
+
+def test_zero_filler_gives_the_spare_row_the_batch_fields():
+    from rlkit.trainer import zero_filler
+
+    batch = _tiny_batch([1.0, 0.0], [0, 0], [2, 3])
+    batch.advantages = torch.ones(batch.loss_mask.shape)
+    batch.values = torch.ones(batch.loss_mask.shape)
+    spare = zero_filler(_tiny_batch([1.0], [0], [2]), batch)
+    assert spare.advantages.abs().sum() == 0 and spare.values.abs().sum() == 0 and spare.returns is None
