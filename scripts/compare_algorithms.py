@@ -77,7 +77,9 @@ def main() -> int:
         "near 60-70%, so two presets whose final accuracies differ by less than about 7 points are not "
         "told apart by this run; one seed per preset, no repeats. DAPO's training accuracy is measured on "
         "the groups dynamic sampling kept (mixed right and wrong), so it is not comparable with the others; "
-        "it also drew more prompts (last column) for the same number of optimizer steps.",
+        "it also drew more prompts (last column) for the same number of optimizer steps. The budget is "
+        "the same number of rollout batches: `ppo` takes two optimizer steps per batch (`mini_batches: 2`) "
+        "and trains a critic beside the policy, the others one step and no critic.",
         "",
     ]) + "\n")
     print(f"wrote {doc} and {image}")
