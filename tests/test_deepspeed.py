@@ -26,8 +26,14 @@ def _env():
 
 
 def _run(args, out: Path, timeout: int = 420) -> dict:
-    proc = subprocess.run(args + ["--out", str(out)], cwd=ROOT, env=_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    try:
+        proc = subprocess.run(args + ["--out", str(out)], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                              timeout=timeout)
+    finally:  # ranks that died early leave DeepSpeed's CPU all-reduce buffers in /dev/shm
+        if "--master_port" in args:
+            port = args[args.index("--master_port") + 1]
+            for leftover in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"):
+                leftover.unlink(missing_ok=True)
     errors = [line for line in proc.stderr.splitlines() if "Error" in line or "terminate" in line]
     assert proc.returncode == 0 and out.exists(), (proc.stdout[-2000:], errors[:20], proc.stderr[-3000:])
     return json.loads(out.read_text())
