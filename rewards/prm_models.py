@@ -31,6 +31,24 @@ def char_positions(offsets: list[tuple[int, int]], marks: list[int], length: int
     return positions
 
 
+def encode_marked(tokenizer, text: str, marks: list[int], max_length: int) -> tuple[list[int], list[int | None]]:
+    """Token ids of ``text`` (its last ``max_length``) and, per mark, the index of the token that
+    holds that character (None where the cut removed it)."""
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+    ids = enc["input_ids"]
+    positions = char_positions(enc["offset_mapping"], marks, len(ids))
+    cut = max(0, len(ids) - max_length)
+    return ids[cut:], [p - cut if p >= cut else None for p in positions]
+
+
+def pad_rows(rows: list[list[int]], value: int) -> torch.Tensor:
+    """``[len(rows), longest]`` long tensor, rows left-aligned, the rest ``value``."""
+    out = torch.full((len(rows), max((len(r) for r in rows), default=1)), value, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+    return out
+
+
 class _StepScorer:
     def __init__(self, path: str, batch_size: int, device: str, max_length: int):
         from transformers import AutoTokenizer
@@ -43,19 +61,13 @@ class _StepScorer:
         self.batch_size, self.device, self.max_length = batch_size, torch.device(device), max_length
 
     def _encode(self, texts: list[str], marks: list[list[int]]):
-        enc = self.tokenizer(texts, return_offsets_mapping=True, add_special_tokens=True)
         rows, positions = [], []
-        for ids, offsets, row_marks in zip(enc["input_ids"], enc["offset_mapping"], marks):
-            cut = max(0, len(ids) - self.max_length)
-            ids, offsets = ids[cut:], offsets[cut:]
-            rows.append(ids)
-            positions.append(char_positions(offsets, row_marks, len(ids)))
-        width = max((len(r) for r in rows), default=1)
-        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, :len(r)] = torch.tensor(r)
-            mask[i, :len(r)] = 1
+        for text, row_marks in zip(texts, marks):
+            ids, row_positions = encode_marked(self.tokenizer, text, row_marks, self.max_length)
+            rows.append(ids)  # a step cut off with the start of the text is read at the last token
+            positions.append([len(ids) - 1 if p is None else p for p in row_positions])
+        ids = pad_rows(rows, self.tokenizer.pad_token_id)
+        mask = pad_rows([[1] * len(r) for r in rows], 0)
         return ids.to(self.device), mask.to(self.device), positions
 
     @torch.no_grad()

@@ -51,18 +51,17 @@ def read_step_rows(path: str | Path) -> list[dict]:
 def encode_rows(rows: list[dict], tokenizer, max_length: int) -> list[tuple[list[int], list[int]]]:
     """(input ids, labels with -100 except at step ends) per row, cut to the last ``max_length``
     tokens (steps whose end falls off are dropped)."""
-    from rewards.prm_models import char_positions, prm_layout
+    from rewards.prm_models import encode_marked, prm_layout
 
     encoded = []
     for row in rows:
         text, marks = prm_layout(row["prompt"], row["steps"])
-        enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
-        ids, offsets = enc["input_ids"], enc["offset_mapping"]
+        ids, positions = encode_marked(tokenizer, text, marks, max_length)
         labels = [-100] * len(ids)
-        for position, label in zip(char_positions(offsets, marks, len(ids)), row["labels"]):
-            labels[position] = int(label)
-        cut = max(0, len(ids) - max_length)
-        encoded.append((ids[cut:], labels[cut:]))
+        for position, label in zip(positions, row["labels"]):
+            if position is not None:
+                labels[position] = int(label)
+        encoded.append((ids, labels))
     return encoded
 
 
@@ -74,6 +73,7 @@ def train_prm(data: str | Path, output: str | Path, model: str = "embedded:smoll
     import torch
     from transformers import AutoModelForTokenClassification
 
+    from rewards.prm_models import pad_rows
     from rlkit.models import load_tokenizer, resolve_model_path
 
     rows = read_step_rows(data)
@@ -99,14 +99,9 @@ def train_prm(data: str | Path, output: str | Path, model: str = "embedded:smoll
             rng.shuffle(order)
         for start in range(0, len(order), batch_size):
             chunk = [items[i] for i in order[start:start + batch_size]]
-            width = max(len(ids) for ids, _ in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            labels = torch.full((len(chunk), width), -100, dtype=torch.long)
-            for i, (row_ids, row_labels) in enumerate(chunk):
-                ids[i, :len(row_ids)] = torch.tensor(row_ids)
-                mask[i, :len(row_ids)] = 1
-                labels[i, :len(row_labels)] = torch.tensor(row_labels)
+            ids = pad_rows([row_ids for row_ids, _ in chunk], pad)
+            mask = pad_rows([[1] * len(row_ids) for row_ids, _ in chunk], 0)
+            labels = pad_rows([row_labels for _, row_labels in chunk], -100)
             yield ids.to(device), mask.to(device), labels.to(device)
 
     @torch.no_grad()

@@ -65,3 +65,41 @@ def plot_panels(results: dict, panels: list[tuple[str, str]], path: Path) -> Non
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def project_path(arg: str) -> Path:
+    """A path argument: absolute as given, relative ones under the repository root."""
+    return Path(arg) if Path(arg).is_absolute() else ROOT / arg
+
+
+def run_all(variants: dict[str, str], runs: Path, overrides: list[str]) -> dict[str, dict]:
+    """``run_variant`` for every (name, config text), then ``read_run`` of those that logged."""
+    results = {}
+    for name, config_text in variants.items():
+        run_dir = run_variant(name, config_text, runs, overrides)
+        if (run_dir / "metrics.jsonl").exists():
+            results[name] = read_run(run_dir)
+    return results
+
+
+def page_paths(doc_arg: str) -> tuple[Path, Path]:
+    """(the markdown page, its PNG beside it), the folder created."""
+    doc = project_path(doc_arg)
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    return doc, doc.with_suffix(".png")
+
+
+def eval_steps(results: dict) -> list[int]:
+    """The steps the runs were evaluated at (those of the first run)."""
+    return sorted(next(iter(results.values()))["evals"]) if results else []
+
+
+def eval_cells(result: dict, steps: list[int]) -> str:
+    """Held-out accuracies in percent as markdown table cells."""
+    return " | ".join(f"{100 * result['evals'][s]:.1f}" for s in steps)
+
+
+def last_mean(result: dict, key: str, n: int = 5) -> float | None:
+    """Mean of ``key`` over the last ``n`` training records that have it (None if none do)."""
+    values = [m[key] for m in result["train"][-n:] if m.get(key) is not None]
+    return sum(values) / len(values) if values else None

@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _compare_common import ROOT, plot_panels, read_run, run_variant  # noqa: E402
+from _compare_common import (ROOT, eval_cells, eval_steps, last_mean, page_paths, plot_panels,  # noqa: E402
+                             project_path, run_all)
 
 DEFAULT_PRESETS = ["grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "gspo", "tempo", "ppo"]
 
@@ -32,29 +33,22 @@ def main() -> int:
     args = parser.parse_args()
     presets = args.presets or [p for p in DEFAULT_PRESETS if (ROOT / "configs" / "algo" / f"{p}.yaml").exists()]
 
-    results = {}
-    runs = Path(args.runs) if Path(args.runs).is_absolute() else ROOT / args.runs
-    for preset in presets:
-        config = f"include:\n  - {ROOT / args.base}\n  - {ROOT / 'configs' / 'algo' / preset}.yaml\n"
-        run_dir = run_variant(preset, config, runs, [f"train.steps={args.steps}", f"eval.every={args.eval_every}",
-                                                     *args.overrides])
-        if (run_dir / "metrics.jsonl").exists():
-            results[preset] = read_run(run_dir)
-    doc = ROOT / args.doc
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    image = doc.with_suffix(".png")
+    variants = {p: f"include:\n  - {ROOT / args.base}\n  - {ROOT / 'configs' / 'algo' / p}.yaml\n" for p in presets}
+    results = run_all(variants, project_path(args.runs),
+                      [f"train.steps={args.steps}", f"eval.every={args.eval_every}", *args.overrides])
+    doc, image = page_paths(args.doc)
     plot_panels(results, [("eval/accuracy", "Held-out greedy accuracy (%)"),
                           ("accuracy", "Training accuracy of sampled completions (5-step mean)")], image)
     rows = []
     n_eval = 200
+    header_steps = eval_steps(results)
     for preset, r in results.items():
         steps = sorted(r["evals"])
-        cells = " | ".join(f"{100 * r['evals'][s]:.1f}" for s in steps)
         last = r["evals"][steps[-1]] if steps else float("nan")
         error = 100 * (last * (1 - last) / n_eval) ** 0.5  # binomial standard error of the last accuracy
-        length = sum(m["response_length"] for m in r["train"][-5:]) / max(len(r["train"][-5:]), 1)
-        rows.append(f"| {preset} | {cells} | {error:.1f} | {length:.1f} | {r['drawn'] or args.steps * 8} |")
-    header_steps = sorted(next(iter(results.values()))["evals"]) if results else []
+        length = last_mean(r, "response_length") or 0.0
+        rows.append(f"| {preset} | {eval_cells(r, steps)} | {error:.1f} | {length:.1f} | "
+                    f"{r['drawn'] or args.steps * 8} |")
     command = " ".join(["python scripts/compare_algorithms.py", *(["--presets", *presets] if args.presets else []),
                         f"--steps {args.steps}", f"--eval-every {args.eval_every}", *args.overrides])
     doc.write_text("\n".join([

@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _compare_common import ROOT, plot_panels, read_run, run_variant  # noqa: E402
+from _compare_common import (ROOT, eval_cells, eval_steps, last_mean, page_paths, plot_panels,  # noqa: E402
+                             project_path, run_all)
 
 CREDITS = ["sum", "min_form", "clip", "delta", "clip_delta"]
 
@@ -45,7 +46,7 @@ def main() -> int:
     parser.add_argument("--doc", default="docs/results/process_rewards.md")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    runs = Path(args.runs) if Path(args.runs).is_absolute() else ROOT / args.runs
+    runs = project_path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)
     steps_file, prm = runs / "prm_steps.jsonl", runs / "prm"
     cli = [sys.executable, "-m", "rlkit.cli"]
@@ -56,27 +57,19 @@ def main() -> int:
         subprocess.check_call(cli + ["train-prm", "--data", str(steps_file), "--output", str(prm)], cwd=ROOT)
     prm_metrics = json.loads((prm / "prm_metrics.json").read_text())
 
-    results = {}
-    for credit in [None, *CREDITS]:
-        name = "outcome_grpo" if credit is None else f"prm_{credit}"
-        run_dir = run_variant(name, variant_config(ROOT / args.base, credit, prm), runs,
-                              [f"train.steps={args.steps}", f"eval.every={args.eval_every}", *args.overrides])
-        if (run_dir / "metrics.jsonl").exists():
-            results[name] = read_run(run_dir)
-    doc = ROOT / args.doc
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    image = doc.with_suffix(".png")
+    variants = {"outcome_grpo" if credit is None else f"prm_{credit}": variant_config(ROOT / args.base, credit, prm)
+                for credit in [None, *CREDITS]}
+    results = run_all(variants, runs, [f"train.steps={args.steps}", f"eval.every={args.eval_every}", *args.overrides])
+    doc, image = page_paths(args.doc)
     plot_panels(results, [("eval/accuracy", "Held-out greedy accuracy (%)"),
                           ("prm/steps_mean", "Steps per completion (5-step mean)"),
                           ("response_length", "Response length, tokens (5-step mean)")], image)
-    eval_steps = sorted(next(iter(results.values()))["evals"]) if results else []
+    steps_at = eval_steps(results)
     rows = []
     for name, r in results.items():
-        last = r["train"][-5:]
-        steps = [m.get("prm/steps_mean") for m in last if m.get("prm/steps_mean") is not None]
-        rows.append(f"| {name} | " + " | ".join(f"{100 * r['evals'][s]:.1f}" for s in eval_steps)
-                    + f" | {sum(m['response_length'] for m in last) / len(last):.0f} | "
-                    + (f"{sum(steps) / len(steps):.2f}" if steps else "n/a") + " |")
+        steps = last_mean(r, "prm/steps_mean")
+        rows.append(f"| {name} | {eval_cells(r, steps_at)} | {last_mean(r, 'response_length') or 0:.0f} | "
+                    + (f"{steps:.2f}" if steps is not None else "n/a") + " |")
     doc.write_text("\n".join([
         "# Process rewards: credit assignment on the arithmetic word problems",
         "",
@@ -90,9 +83,9 @@ def main() -> int:
         "",
         f"![held-out accuracy, steps and length per step]({image.name})",
         "",
-        "| variant | " + " | ".join(f"acc@{s} (%)" for s in eval_steps) + " | length (last 5 steps) | "
+        "| variant | " + " | ".join(f"acc@{s} (%)" for s in steps_at) + " | length (last 5 steps) | "
         "steps (last 5) |",
-        "|---|" + "---|" * (len(eval_steps) + 2),
+        "|---|" + "---|" * (len(steps_at) + 2),
         *rows,
         "",
     ]) + "\n")

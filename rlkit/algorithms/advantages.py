@@ -244,13 +244,12 @@ def estimator_inputs(estimator: AdvantageFn, available: dict) -> dict:
     return {name: available[name] for name in wanted}
 
 
-def tempo_advantages(token_ids: list[list[int]], scores: list[float], norm_by_std: bool = True,
-                     eps: float = 1e-6) -> list[list[float]]:
+def tempo_advantages(token_ids: list[list[int]], scores: list[float], norm_by_std: bool = True) -> list[list[float]]:
     """TEMPO prefix-tree advantages for one group (arXiv 2509.18314, Sec. 3; spec section 3).
 
     S_0 is the whole group and S_{t+1} the members of S_t whose token at position t equals
     completion i's; V(S) is the mean raw score of S.  Then
-    A_{i,t} = [(R_i - mu) + (V(S_{t+1}) - V(S_t))] / (sigma + eps), with mu and sigma the
+    A_{i,t} = [(R_i - mu) + (V(S_{t+1}) - V(S_t))] / (sigma + 1e-6), with mu and sigma the
     group mean and unbiased std (no division with ``norm_by_std=False``).  The TD term is
     non-zero only where the tree branches; once a completion is alone its remaining tokens keep
     the plain GRPO value.  The sets are the nodes of a prefix trie built once (a dict per
@@ -264,9 +263,7 @@ def tempo_advantages(token_ids: list[list[int]], scores: list[float], norm_by_st
         return [[0.0] * len(ids) for ids in token_ids]
     mu = sum(scores) / k
     sigma = (sum((s - mu) ** 2 for s in scores) / (k - 1)) ** 0.5
-    scale = 1.0 / (sigma + eps) if norm_by_std else 1.0
-    if norm_by_std and sigma + eps == 0:
-        scale = 0.0
+    scale = 1.0 / (sigma + 1e-6) if norm_by_std else 1.0
     # paths[i][t] = the trie node of completion i's first t+1 tokens; node 0 is the root (S_0).
     node_sum, node_count = [float(sum(scores))], [k]
     children: dict[tuple[int, int], int] = {}
@@ -300,7 +297,7 @@ def tempo_advantages(token_ids: list[list[int]], scores: list[float], norm_by_st
 
 @register_advantage("tempo")
 def tempo_batch_advantages(scores: Tensor, group_ids: Tensor, loss_mask: Tensor, *, input_ids: Tensor,
-                           norm_by_std: bool = True, eps: float = 1e-6) -> Tensor:
+                           norm_by_std: bool = True) -> Tensor:
     """TEMPO over a batch: ``tempo_advantages`` per group on the completion tokens (the
     ``loss_mask`` positions of ``input_ids``), written back onto those positions: ``[B, T]``."""
     mask = loss_mask.bool()
@@ -311,7 +308,7 @@ def tempo_batch_advantages(scores: Tensor, group_ids: Tensor, loss_mask: Tensor,
     for i, g in enumerate(group_ids.tolist()):
         members.setdefault(g, []).append(i)
     for rows in members.values():
-        advs = tempo_advantages([completions[i] for i in rows], [values[i] for i in rows], norm_by_std, eps)
+        advs = tempo_advantages([completions[i] for i in rows], [values[i] for i in rows], norm_by_std)
         for i, adv in zip(rows, advs):
             out[i, mask[i]] = torch.tensor(adv, dtype=out.dtype, device=out.device)
     return out
