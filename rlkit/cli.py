@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlkit: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     if os.environ.get("RANK", "0") != "0":
-        return 0
+        return _leave_distributed(0)
     minutes = (time.perf_counter() - started) / 60
     before = summary.get("eval_before", {}).get("eval/accuracy")
     after = summary.get("eval_after", {}).get("eval/accuracy")
@@ -109,7 +109,19 @@ def main(argv: list[str] | None = None) -> int:
     if before is not None and after is not None:
         line += f"; held-out accuracy {before:.1%} -> {after:.1%} ({(after - before) * 100:+.1f} points)"
     print(line)
-    return 0
+    return _leave_distributed(0)
+
+
+def _leave_distributed(code: int) -> int:
+    """Under a launcher, end the process without C++ static destructors: after a finished run
+    (files written and closed, process group left) threads of gloo / DeepSpeed's CPU comm can
+    still abort the interpreter's exit ("terminate called without an active exception"), which
+    the launcher reports as a failed run.  Single-process runs return normally."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return code
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":  # vLLM on CPU needs the entry point guarded
