@@ -105,7 +105,8 @@ class ProcessReward:
     Keyword arguments (``rewards.functions[].kwargs``): ``kind``, ``model`` (path of the PRM
     for the model kinds), ``fn`` (the ``function`` scorer), ``separator``, ``credit``,
     ``min_form``, ``temperature``, ``eta``, ``batch_size``, ``device``, ``good_token`` /
-    ``bad_token`` / ``step_tag`` (``causal_lm``), ``max_length``.
+    ``bad_token`` / ``step_tag`` (``causal_lm``), ``max_length``, ``autocast_bf16`` (score the
+    model kinds under bfloat16 autocast: about twice as fast on a CPU with AVX512-BF16).
     """
 
     wants_completion_offsets = True  # the trainer then passes the completion_offsets column
@@ -113,7 +114,8 @@ class ProcessReward:
     def __init__(self, kind: str = "function", model: str | None = None, fn: str | Callable | None = None,
                  separator: str = "\n\n", credit: str = "min_form", min_form: str = "softmin",
                  temperature: float = 0.1, eta: float = 0.5, batch_size: int = 16, device: str = "cpu",
-                 good_token: str = "+", bad_token: str = "-", step_tag: str = "\n\n", max_length: int = 2048):
+                 good_token: str = "+", bad_token: str = "-", step_tag: str = "\n\n", max_length: int = 2048,
+                 autocast_bf16: bool = False):
         from rlkit.algorithms.credit import CREDIT_MODES, MIN_FORMS
 
         if credit not in CREDIT_MODES:
@@ -135,7 +137,8 @@ class ProcessReward:
             extra = {}
             if kind == "causal_lm":
                 extra = {"good_token": good_token, "bad_token": bad_token, "step_tag": step_tag}
-            self.scorer = cls(model, batch_size=batch_size, device=device, max_length=max_length, **extra)
+            self.scorer = cls(model, batch_size=batch_size, device=device, max_length=max_length,
+                              autocast_bf16=autocast_bf16, **extra)
         else:
             raise ValueError(f"ProcessReward: unknown kind {kind!r}; "
                              "choose token_classification, causal_lm or function")

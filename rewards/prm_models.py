@@ -50,7 +50,7 @@ def pad_rows(rows: list[list[int]], value: int) -> torch.Tensor:
 
 
 class _StepScorer:
-    def __init__(self, path: str, batch_size: int, device: str, max_length: int):
+    def __init__(self, path: str, batch_size: int, device: str, max_length: int, autocast_bf16: bool = False):
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(path)
@@ -59,6 +59,7 @@ class _StepScorer:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.batch_size, self.device, self.max_length = batch_size, torch.device(device), max_length
+        self.autocast_bf16 = autocast_bf16
 
     def _encode(self, texts: list[str], marks: list[list[int]]):
         rows, positions = [], []
@@ -77,7 +78,8 @@ class _StepScorer:
             chunk = list(zip(prompts[start:start + self.batch_size], steps[start:start + self.batch_size]))
             layouts = [prm_layout(p, s, self.tag) for p, s in chunk]
             ids, mask, positions = self._encode([t for t, _ in layouts], [m for _, m in layouts])
-            scores = self._scores(ids, mask)  # [b, T]
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
+                scores = self._scores(ids, mask)  # [b, T], float32 (the scorers upcast the logits)
             out.extend([[float(scores[i, p]) for p in row] for i, row in enumerate(positions)])
         return out
 
@@ -86,10 +88,10 @@ class TokenClassificationStepScorer(_StepScorer):
     """Two labels (0 = bad, 1 = good); a step scores p(good) - p(bad) at its last token."""
 
     def __init__(self, path: str, batch_size: int = 16, device: str = "cpu", max_length: int = 2048,
-                 tag: str = ""):
+                 tag: str = "", autocast_bf16: bool = False):
         from transformers import AutoModelForTokenClassification
 
-        super().__init__(path, batch_size, device, max_length)
+        super().__init__(path, batch_size, device, max_length, autocast_bf16)
         self.model = AutoModelForTokenClassification.from_pretrained(path).to(self.device).eval()
         if self.model.config.num_labels != 2:
             raise ValueError(f"PRM at {path} has {self.model.config.num_labels} labels; a step PRM needs 2 (bad, good)")
@@ -105,10 +107,10 @@ class CausalLMStepScorer(_StepScorer):
     the tag's last token gives p(good) / (p(good) + p(bad))."""
 
     def __init__(self, path: str, batch_size: int = 16, device: str = "cpu", max_length: int = 2048,
-                 good_token: str = "+", bad_token: str = "-", step_tag: str = "\n\n"):
+                 good_token: str = "+", bad_token: str = "-", step_tag: str = "\n\n", autocast_bf16: bool = False):
         from transformers import AutoModelForCausalLM
 
-        super().__init__(path, batch_size, device, max_length)
+        super().__init__(path, batch_size, device, max_length, autocast_bf16)
         self.model = AutoModelForCausalLM.from_pretrained(path).to(self.device).eval()
         ids = [self.tokenizer.encode(t, add_special_tokens=False) for t in (good_token, bad_token)]
         if any(len(i) != 1 for i in ids) or ids[0] == ids[1]:

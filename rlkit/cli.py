@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     tp.add_argument("--batch-size", type=int, default=8)
     tp.add_argument("--max-length", type=int, default=1024)
     tp.add_argument("--seed", type=int, default=0)
+    tp.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPU with AVX512-BF16, or CUDA)")
+    tp.add_argument("--device", default="cpu")
     la = sub.add_parser("label-arith-steps", help="sample the policy on arithmetic word problems and label "
                                                    "each step by checking its arithmetic (data for train-prm)")
     la.add_argument("--output", required=True)
@@ -46,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     la.add_argument("--max-new-tokens", type=int, default=160)
     la.add_argument("--backend", choices=["vllm", "hf"], default="vllm")
     la.add_argument("--seed", type=int, default=0)
+    la.add_argument("--instruction", default=None, help="appended to every question (as data.instruction)")
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "serve":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             train_prm(args.data, args.output, args.model, args.epochs, args.lr, args.batch_size, args.max_length,
-                      args.seed, log=lambda line: print(line, file=sys.stderr, flush=True))
+                      args.seed, device=args.device, autocast_bf16=args.bf16, log=lambda line: print(line, file=sys.stderr, flush=True))
         except PRMDataError as exc:
             print(f"rlkit: {exc}", file=sys.stderr)
             return 2
@@ -73,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         from rlkit.prm_training import label_arith_steps
 
         counts = label_arith_steps(args.output, args.model, args.num_prompts, args.samples, tuple(args.levels),
-                                   args.max_new_tokens, seed=args.seed, backend=args.backend)
+                                   args.max_new_tokens, seed=args.seed, backend=args.backend,
+                                   instruction=args.instruction)
         print(f"wrote {args.output}: {counts['rows']} rows, {counts['steps']} steps, {counts['good_steps']} good")
         return 0
     if args.command == "prepare-model":

@@ -67,7 +67,7 @@ def encode_rows(rows: list[dict], tokenizer, max_length: int) -> list[tuple[list
 
 def train_prm(data: str | Path, output: str | Path, model: str = "embedded:smollm2-135m-instruct",
               epochs: int = 2, lr: float = 2e-5, batch_size: int = 8, max_length: int = 1024, seed: int = 0,
-              eval_fraction: float = 0.1, device: str = "cpu", log=print) -> dict:
+              eval_fraction: float = 0.1, device: str = "cpu", autocast_bf16: bool = False, log=print) -> dict:
     """Fine-tune a two-label token classifier on step labels; returns metrics (held-out step
     accuracy before and after, final loss) and writes them to ``output/prm_metrics.json``."""
     import torch
@@ -109,7 +109,8 @@ def train_prm(data: str | Path, output: str | Path, model: str = "embedded:smoll
         net.eval()
         right = total = 0
         for ids, mask, labels in batches(items, shuffle=False):
-            guess = net(input_ids=ids, attention_mask=mask).logits.argmax(-1)
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=autocast_bf16):
+                guess = net(input_ids=ids, attention_mask=mask).logits.argmax(-1)
             keep = labels >= 0
             right += int((guess[keep] == labels[keep]).sum())
             total += int(keep.sum())
@@ -123,7 +124,8 @@ def train_prm(data: str | Path, output: str | Path, model: str = "embedded:smoll
     loss_value = float("nan")
     for epoch in range(epochs):
         for ids, mask, labels in batches(train_set, shuffle=True):
-            loss = net(input_ids=ids, attention_mask=mask, labels=labels).loss
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=autocast_bf16):
+                loss = net(input_ids=ids, attention_mask=mask, labels=labels).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)

@@ -103,3 +103,16 @@ def last_mean(result: dict, key: str, n: int = 5) -> float | None:
     """Mean of ``key`` over the last ``n`` training records that have it (None if none do)."""
     values = [m[key] for m in result["train"][-n:] if m.get(key) is not None]
     return sum(values) / len(values) if values else None
+
+
+def write_page(doc: Path, title: str, intro: str, command: str, image: Path, caption: str,
+               columns: list[str], rows: list[str], notes: list[str] = ()) -> None:
+    """The markdown page of a comparison: title, intro, the command that regenerates it, the
+    plot, a table (``columns`` headers, ``rows`` already formatted as ``| ... |``), notes."""
+    lines = [f"# {title}", "", f"{intro} Regenerate with:", "", f"    {command}", "",
+             f"![{caption}]({image.name})", "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns), *rows, ""]
+    for note in notes:
+        lines += [note, ""]
+    doc.write_text("\n".join(lines) + "\n")
+    print(f"wrote {doc} and {image}")

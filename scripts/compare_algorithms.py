@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _compare_common import (ROOT, eval_cells, eval_steps, last_mean, page_paths, plot_panels,  # noqa: E402
+from _compare_common import (write_page, ROOT, eval_cells, eval_steps, last_mean, page_paths, plot_panels,  # noqa: E402
                              project_path, run_all)
 
 DEFAULT_PRESETS = ["grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "gspo", "tempo", "ppo"]
@@ -51,32 +51,20 @@ def main() -> int:
                     f"{r['drawn'] or args.steps * 8} |")
     command = " ".join(["python scripts/compare_algorithms.py", *(["--presets", *presets] if args.presets else []),
                         f"--steps {args.steps}", f"--eval-every {args.eval_every}", *args.overrides])
-    doc.write_text("\n".join([
-        "# Algorithm comparison on the arithmetic task",
-        "",
-        f"Base config `{args.base}` (SmolLM2-135M-Instruct, 2-digit additions, 8 prompts x 8 samples, "
-        f"48 new tokens, lr 1e-5 cosine), {args.steps} steps, seed 0 for every preset; held-out greedy "
-        "accuracy on the same 200 problems. Regenerate with:",
-        "",
-        f"    {command}",
-        "",
-        f"![held-out accuracy and training accuracy per step]({image.name})",
-        "",
-        "| preset | " + " | ".join(f"acc@{s} (%)" for s in header_steps)
-        + " | s.e. of last (points) | length, last 5 steps | prompts drawn |",
-        "|---|" + "---|" * (len(header_steps) + 3),
-        *rows,
-        "",
-        f"With {n_eval} held-out problems the binomial standard error of one accuracy is 3-3.5 points "
-        "near 60-70%, so two presets whose final accuracies differ by less than about 7 points are not "
-        "told apart by this run; one seed per preset, no repeats. DAPO's training accuracy is measured on "
-        "the groups dynamic sampling kept (mixed right and wrong), so it is not comparable with the others; "
-        "it also drew more prompts (last column) for the same number of optimizer steps. The budget is "
-        "the same number of rollout batches: `ppo` takes two optimizer steps per batch (`mini_batches: 2`) "
-        "and trains a critic beside the policy, the others one step and no critic.",
-        "",
-    ]) + "\n")
-    print(f"wrote {doc} and {image}")
+    write_page(doc, "Algorithm comparison on the arithmetic task",
+               f"Base config `{args.base}` (SmolLM2-135M-Instruct, 2-digit additions, 8 prompts x 8 samples, "
+               f"48 new tokens, lr 1e-5 cosine), {args.steps} steps, seed 0 for every preset; held-out greedy "
+               "accuracy on the same 200 problems.", command, image,
+               "held-out accuracy and training accuracy per step",
+               ["preset", *(f"acc@{s} (%)" for s in header_steps), "s.e. of last (points)", "length, last 5 steps",
+                "prompts drawn"], rows,
+               [f"With {n_eval} held-out problems the binomial standard error of one accuracy is 3-3.5 points "
+                "near 60-70%, so two presets whose final accuracies differ by less than about 7 points are not "
+                "told apart by this run; one seed per preset, no repeats. DAPO's training accuracy is measured on "
+                "the groups dynamic sampling kept (mixed right and wrong), so it is not comparable with the others; "
+                "it also drew more prompts (last column) for the same number of optimizer steps. The budget is "
+                "the same number of rollout batches: `ppo` takes two optimizer steps per batch (`mini_batches: 2`) "
+                "and trains a critic beside the policy, the others one step and no critic."])
     return 0
 
 
