@@ -234,6 +234,38 @@ class CombinedReward:
                     metrics[f"{name}/{key}"] = value
         return metrics
 
+    def attach(self, context: Any) -> None:
+        """Hand the training run to components that build on it (``attach(context)``; the
+        trainer passes a ``rlkit.trainer.RewardContext``): PRIME's PRM gets its own backend."""
+        for comp in self.components.values():
+            attach = getattr(comp.fn, "attach", None)
+            if callable(attach):
+                attach(context)
+
+    def save_state(self, folder: Any) -> None:
+        """Components that own a training backend write it into ``folder/<name>/`` (called on
+        every rank: the writes may be collective)."""
+        from pathlib import Path
+
+        for name, comp in self.components.items():
+            save = getattr(comp.fn, "save_state", None)
+            if callable(save):
+                sub = Path(folder) / name
+                sub.mkdir(parents=True, exist_ok=True)
+                save(sub)
+
+    def load_state(self, folder: Any) -> None:
+        """The counterpart of ``save_state``; a missing folder is an error naming it."""
+        from pathlib import Path
+
+        for name, comp in self.components.items():
+            load = getattr(comp.fn, "load_state", None)
+            if callable(load):
+                sub = Path(folder) / name
+                if not sub.is_dir():
+                    raise RewardError(f"no saved state for reward component {name!r} at {sub}")
+                load(sub)
+
     def state_dict(self) -> dict[str, Any]:
         """The states of the components that have ``state_dict()``, by component name."""
         return {name: comp.fn.state_dict() for name, comp in self.components.items()
@@ -251,13 +283,15 @@ class CombinedReward:
             loader(sub)
 
     def close(self) -> None:
-        """Stop the worker processes (the pool restarts lazily if used again)."""
+        """Stop the worker processes (the pool restarts lazily if used again) and close the
+        components that have ``close()``."""
         if self._pool is not None:
             self._pool.close()
             self._pool = None
         for comp in self.components.values():
-            if isinstance(comp.fn, CombinedReward):
-                comp.fn.close()
+            close = getattr(comp.fn, "close", None)
+            if callable(close):
+                close()
 
     def __enter__(self) -> CombinedReward:
         return self

@@ -9,6 +9,9 @@ One checkpoint is the folder ``<train.output_dir>/checkpoints/step_<N>/`` (N = s
     rng.pt              python ``random``, torch CPU, torch CUDA (once initialised), numpy;
                         ``rng_rank<r>.pt`` for the other ranks of a distributed run
     reward.pt           the reward module's ``state_dict()`` (tensors, numbers, strings, lists, dicts)
+    reward_state/<name> reward components with a training backend of their own (PRIME's PRM):
+                        that backend's state, laid out like the policy's
+    critic/             PPO's critic backend, laid out like the policy's
     extra.pt            what the caller adds (the trainer: the run summary so far)
     trainer_state.json  step, PromptSampler state, format version
     config.yaml         the config of the run that wrote it
@@ -164,6 +167,7 @@ def save_checkpoint(run_dir: str | Path, step: int, backend, sampler, reward, cf
         backend.save_state(tmp)  # collective: every rank writes its shard
         if critic is not None:
             critic.save_state(tmp / "critic")
+        reward.save_state(tmp / "reward_state")  # modules with a backend of their own (PRIME's PRM)
         write_file(tmp / rng_file(backend.rank), rng)
         if backend.is_main:
             write_file(tmp / "reward.pt", reward.state_dict())
@@ -282,6 +286,7 @@ def load_checkpoint(path: str | Path, backend, sampler, reward, critic=None) -> 
         ("weights and optimizer", lambda: backend.load_state(path)),
         ("data position", lambda: sampler.load_state_dict(meta["sampler"])),
         ("reward state", lambda: reward.load_state_dict(load_torch(path / "reward.pt"))),
+        ("reward modules' models (reward_state/)", lambda: reward.load_state(path / "reward_state")),
         *((("critic (critic/)", lambda: critic.load_state(path / "critic")),) if critic is not None else ()),
         ("RNG states", lambda: set_rng_state(load_torch(rng_path if rng_path.exists() else path / "rng.pt"))),
     )

@@ -44,8 +44,11 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    task: str = "arith"               # arith (built in) | jsonl
-    path: str | None = None           # jsonl/json/parquet file for task=jsonl, or a hub id
+    task: str = "arith"               # arith, sql_demo (built in) | jsonl | toolcall | spider
+    path: str | None = None           # jsonl/json/parquet file or hub id (jsonl); records (toolcall, spider)
+    tables: str | None = None         # spider: tables.json (schemas)
+    db_dir: str | None = None         # spider: folder of <db_id>/<db_id>.sqlite databases
+    sample_rows: int = 0              # spider: sample rows per table shown in the prompt
     prompt_column: str = "prompt"
     answer_column: str = "answer"
     levels: tuple[int, ...] = (1,)    # arith difficulty levels to train on
@@ -101,6 +104,7 @@ class AlgoConfig:
     overlong_factor: float = 1.0      # penalty at max_new_tokens (rewards/shaping.py)
     dynamic_sampling: bool = False    # DAPO: drop groups with equal scores, draw more prompts (rlkit/sampling.py)
     max_sampling_rounds: int = 4      # rounds of prompts_per_step prompts at most per step
+    accuracy_band: list | None = None  # PRIME: keep groups whose mean accuracy is in [low, high], draw more
     epochs: int = 1                   # passes over each rollout batch
     mini_batches: int = 1             # optimizer steps per epoch
 
@@ -341,15 +345,24 @@ def check_config(cfg: Config) -> None:
         bad("algo", "epochs and mini_batches must be >= 1")
     if cfg.algo.max_sampling_rounds < 1:
         bad("algo.max_sampling_rounds", "must be >= 1")
+    band = cfg.algo.accuracy_band
+    if band is not None:
+        if not (isinstance(band, (list, tuple)) and len(band) == 2
+                and all(isinstance(v, (int, float)) for v in band) and 0 <= band[0] <= band[1] <= 1):
+            bad("algo.accuracy_band", f"must be [low, high] with 0 <= low <= high <= 1, got {band!r}")
+        if not cfg.rewards.accuracy_component:
+            bad("algo.accuracy_band", "needs rewards.accuracy_component (the component the band applies to)")
     if not 0 <= overlong_tokens(cfg.algo, cfg.rollout.max_new_tokens) <= cfg.rollout.max_new_tokens:
         bad("algo.overlong_buffer", "must be >= 0 and at most rollout.max_new_tokens tokens")
     batch = cfg.train.prompts_per_step * cfg.rollout.num_samples
     if batch % cfg.algo.mini_batches:
         bad("algo.mini_batches", f"must divide the rollout batch of {batch} sequences")
-    if cfg.data.task == "jsonl" and not cfg.data.path:
-        bad("data.path", "task 'jsonl' needs a data.path")
-    if cfg.data.task not in ("arith", "jsonl"):
-        bad("data.task", f"unknown task {cfg.data.task!r}; choose arith or jsonl")
+    if cfg.data.task in ("jsonl", "toolcall", "spider") and not cfg.data.path:
+        bad("data.path", f"task {cfg.data.task!r} needs a data.path")
+    if cfg.data.task not in ("arith", "jsonl", "toolcall", "spider", "sql_demo"):
+        bad("data.task", f"unknown task {cfg.data.task!r}; choose arith, jsonl, toolcall, spider or sql_demo")
+    if cfg.data.task == "spider" and not cfg.data.tables:
+        bad("data.tables", "task spider needs data.tables (the tables.json of the schemas)")
     if cfg.model.dtype not in ("float32", "bfloat16"):
         bad("model.dtype", "choose float32 or bfloat16")
     if cfg.train.lr_schedule not in ("constant", "cosine", "linear"):

@@ -8,11 +8,20 @@ from __future__ import annotations
 
 import functools
 import inspect
+from dataclasses import dataclass
 
 import torch
 
 from rewards import Component, combine, load_callable
 from rlkit.batch import RolloutBatch
+
+
+@dataclass
+class RewardContext:
+    """What ``CombinedReward.attach`` hands to reward modules that build on the run (PRIME's
+    PRM makes a training backend like the policy's from it): the run's config."""
+
+    cfg: object
 
 
 def build_reward(cfg):

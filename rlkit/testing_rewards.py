@@ -67,3 +67,9 @@ class CountingReward:
 
     def load_state_dict(self, state: dict) -> None:
         self.updates, self.rows = int(state["updates"]), int(state["rows"])
+
+
+def contains_char(completions: list[str], chars: str = "7", **columns) -> list[float]:
+    """1.0 where the completion holds any character of ``chars``, else 0.0: a 0/1 outcome label
+    that a random character model gets right part of the time (PRIME tests)."""
+    return [float(any(c in text for c in chars)) for text in completions]

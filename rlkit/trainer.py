@@ -31,8 +31,9 @@ from rlkit.logging import MetricsLogger, PhaseTimer
 from rlkit.models import load_tokenizer
 from rlkit.objective import kl_shaped_scores, make_loss_fn
 from rlkit.rollout import Sampling, make_rollout
-from rlkit.sampling import first_groups, varied_group_rows
-from rlkit.scoring import add_length_penalty, build_reward, isolate_unscored, score_batch, scored_rows
+from rlkit.sampling import first_groups, kept_group_rows
+from rlkit.scoring import (RewardContext, add_length_penalty, build_reward, isolate_unscored, score_batch,
+                           scored_rows)
 
 
 def train(cfg: Config) -> dict:
@@ -65,6 +66,7 @@ def train(cfg: Config) -> dict:
     train_rows, eval_rows = load_rows(cfg.data, cfg.train.seed)
     sampler = PromptSampler(train_rows, cfg.train.seed)  # the same draws on every rank
     reward = build_reward(cfg.rewards)
+    reward.attach(RewardContext(cfg))  # stateful modules that train (PRIME's PRM) build on the run
     # A resumed engine does not replay step 0's seed; each data-parallel group samples its own.
     rollout = make_rollout(cfg.rollout.backend, backend.model, tokenizer, backend.model_path, cfg.rollout,
                            seed=cfg.train.seed + start + 1_000_003 * share.dp_rank, world_size=backend.world_size,
@@ -126,27 +128,32 @@ def train(cfg: Config) -> dict:
 
     def sample_step(step: int, timer: PhaseTimer) -> tuple[RolloutBatch, RolloutBatch, int, dict]:
         """(batch, spare row, failed rows, metrics) for one step: one round of
-        ``prompts_per_step`` prompts, or with ``algo.dynamic_sampling`` (DAPO) rounds that drop
-        the groups with equal scores until ``prompts_per_step`` groups are kept or
+        ``prompts_per_step`` prompts, or with ``algo.dynamic_sampling`` (DAPO: drop the groups
+        with equal scores) and/or ``algo.accuracy_band`` (PRIME: keep the groups whose accuracy
+        is in the band) rounds until ``prompts_per_step`` groups are kept or
         ``algo.max_sampling_rounds`` rounds are done.  The spare row lets a rank that kept no
         group still join the collective forward passes of the others."""
         target = cfg.train.prompts_per_step
-        rounds = cfg.algo.max_sampling_rounds if cfg.algo.dynamic_sampling else 1
+        filtering = cfg.algo.dynamic_sampling or cfg.algo.accuracy_band is not None
+        rounds = cfg.algo.max_sampling_rounds if filtering else 1
         parts, failures, drawn, kept = [], 0, 0, 0
         for round_index in range(rounds):
             part, failed = sample_round(sampler.next(target), ((step - 1) * rounds + round_index) * target, timer)
             spare = part.select(torch.arange(min(part.size, 1)))
             failures += failed
             drawn += target
-            if not cfg.algo.dynamic_sampling:
+            if not filtering:
                 return part, spare, failures, {}
-            varied = part.select(torch.nonzero(varied_group_rows(part)).flatten())
-            parts.append(varied)
-            kept += int(backend.all_reduce([len(set(varied.group_ids.tolist()))])[0])
+            keep = kept_group_rows(part, cfg.algo.dynamic_sampling, cfg.algo.accuracy_band,
+                                   cfg.rewards.accuracy_component)
+            kept_part = part.select(torch.nonzero(keep).flatten())
+            parts.append(kept_part)
+            kept += int(backend.all_reduce([len(set(kept_part.group_ids.tolist()))])[0])
             if kept >= target:
                 break
         metrics = {"sampling/rounds": round_index + 1, "sampling/prompts_drawn": drawn,
-                   "sampling/kept_groups": min(kept, target)}
+                   "sampling/kept_groups": min(kept, target),
+                   "sampling/drawn_per_kept": drawn / max(min(kept, target), 1)}
         if kept == 0:  # nothing to learn from in any round: the last round, all advantages 0
             return part, spare, failures, metrics
         return first_groups(concat_batches(parts, tokenizer.pad_token_id), target, backend), spare, failures, metrics

@@ -315,3 +315,79 @@ def tempo_batch_advantages(scores: Tensor, group_ids: Tensor, loss_mask: Tensor,
 
 
 tempo_batch_advantages.inputs = ("input_ids",)  # what the trainer passes besides the usual three
+
+
+def _loo_baseline(values: Tensor, group_ids: Tensor, include_self: bool = False) -> Tensor:
+    """[B] mean of ``values`` over the other members of each row's group (over all members with
+    ``include_self``); 0 for a group of one."""
+    _, inverse = torch.unique(group_ids, return_inverse=True)
+    num_groups = int(inverse.max().item()) + 1 if inverse.numel() else 0
+    sums = values.new_zeros(num_groups).index_add(0, inverse, values)[inverse]
+    counts = values.new_zeros(num_groups).index_add(0, inverse, torch.ones_like(values))[inverse]
+    if include_self:
+        return sums / counts
+    return torch.where(counts > 1, (sums - values) / (counts - 1).clamp(min=1), torch.zeros_like(values))
+
+
+@register_advantage("prime")
+def prime_batch_advantages(scores: Tensor, group_ids: Tensor, loss_mask: Tensor, *, token_rewards: Tensor,
+                           all_reduce=None, normalize: str = "none", whiten_returns: bool = True) -> Tensor:
+    """PRIME advantages (arXiv 2502.01456, Sec. 3.3, Eq. 5; spec section 5): leave-one-out per
+    reward source, summed, as returns (gamma = 1), whitened over the batch (all ranks).
+
+    The outcome o_i is ``scores``; the implicit process rewards q are ``token_rewards`` minus
+    the outcome on each row's last token (``rewards.prime.ImplicitPRM`` adds q there).
+    Process: q'_{i,t} = q_{i,t} - mean_{j != i} mean_t q_j; outcome: o'_i = o_i - mean_{j != i} o_j
+    on the last token.  ``normalize="batch_max"`` follows the released code instead: q is first
+    divided by the batch's largest |reverse cumulative sum of q| and the process baseline
+    includes the row's own mean.  A group of one gets zeros."""
+    if normalize not in ("none", "batch_max"):
+        raise ValueError(f"prime: normalize must be 'none' or 'batch_max', not {normalize!r}")
+    mask = loss_mask.bool()
+    zero = torch.zeros((), dtype=torch.float32, device=mask.device)
+    outcome = _float(scores).to(mask.device)
+    last = torch.where(mask.any(dim=1), mask.shape[1] - 1 - mask.flip(1).float().argmax(dim=1),
+                       torch.full_like(outcome, -1, dtype=torch.long))
+    at_last = torch.zeros(mask.shape, dtype=torch.bool, device=mask.device)
+    rows = torch.nonzero(last >= 0).flatten()
+    at_last[rows, last[rows]] = True
+    q = torch.where(mask, _float(token_rewards) - torch.where(at_last, outcome[:, None], zero), zero)
+    if normalize == "batch_max":
+        largest = q.flip(1).cumsum(1).flip(1).abs().max() if q.numel() else zero
+        if all_reduce is not None:
+            largest = torch.tensor(all_reduce([float(largest)], "max")[0], dtype=torch.float32)
+        q = q / (largest + 1e-6)
+    lengths = mask.sum(dim=1).clamp(min=1).float()
+    mean_q = q.sum(dim=1) / lengths  # [B]
+    process = torch.where(mask, q - _loo_baseline(mean_q, group_ids, normalize == "batch_max")[:, None], zero)
+    outcome_adv = outcome - _loo_baseline(outcome, group_ids)
+    rewards = process + torch.where(at_last, outcome_adv[:, None], zero)
+    _, inverse = torch.unique(group_ids, return_inverse=True)
+    sizes = torch.bincount(inverse)[inverse] if inverse.numel() else inverse
+    rewards = torch.where((sizes > 1)[:, None] & mask, rewards, zero)
+    returns = torch.where(mask, rewards.flip(1).cumsum(1).flip(1), zero)
+    return whiten(returns, mask, all_reduce=all_reduce) if whiten_returns else returns
+
+
+prime_batch_advantages.inputs = ("token_rewards", "all_reduce")
+
+
+def prime_advantages(token_rewards: list[list[float]], outcomes: list[float], group_ids: list[int],
+                     whiten=True) -> list[list[float]]:
+    """**Contract** (spec section 5): PRIME advantages of ragged rows, ``normalize="none"``.
+    ``token_rewards`` are the implicit process rewards q alone (the outcomes are separate);
+    ``prime_batch_advantages`` does the work on padded tensors."""
+    if not (len(token_rewards) == len(outcomes) == len(group_ids)):
+        raise ValueError(f"prime_advantages: {len(token_rewards)} rows of token rewards, {len(outcomes)} "
+                         f"outcomes and {len(group_ids)} group ids")
+    width = max((len(r) for r in token_rewards), default=0)
+    mask = torch.zeros((len(token_rewards), width), dtype=torch.bool)
+    dense = torch.zeros((len(token_rewards), width), dtype=torch.float64)
+    for i, row in enumerate(token_rewards):
+        mask[i, :len(row)] = True
+        dense[i, :len(row)] = torch.tensor(row, dtype=torch.float64)
+        if row:
+            dense[i, len(row) - 1] += outcomes[i]
+    out = prime_batch_advantages(torch.tensor(outcomes, dtype=torch.float64), torch.tensor(group_ids), mask,
+                                 token_rewards=dense, whiten_returns=whiten)
+    return [out[i, :len(row)].tolist() for i, row in enumerate(token_rewards)]
