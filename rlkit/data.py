@@ -1,4 +1,6 @@
-"""Prompt datasets: the built-in arithmetic task, JSONL / JSON / Parquet files and hub ids.
+"""Prompt datasets: the built-in arithmetic task, JSONL / JSON / Parquet files and hub ids,
+tool-calling records (ToolRL, BFCL: rlkit/tasks/toolcall.py), Spider-format Text-to-SQL
+(rlkit/tasks/spider.py) and a built-in Text-to-SQL demo (rlkit/tasks/sql_demo.py).
 
 Every row is a dict with at least ``prompt`` (text, or a list of chat messages) and usually
 ``answer``; all other columns travel with the row to the reward functions.
@@ -24,8 +26,22 @@ def load_rows(cfg, seed: int) -> tuple[list[dict], list[dict]]:
         train = arith_split("train", cfg.num_train, levels=cfg.levels, seed=seed, instruction=cfg.instruction)
         held = arith_split("eval", cfg.num_eval, levels=eval_levels, instruction=cfg.instruction)
         return train, held
-    rows = read_records(cfg.path)
-    rows = [_normalise(r, cfg, cfg.path, i) for i, r in enumerate(rows)]
+    if cfg.task == "toolcall":
+        from rlkit.tasks.toolcall import load_tool_rows
+
+        rows = load_tool_rows(cfg.path)
+    elif cfg.task in ("spider", "sql_demo"):
+        from rlkit.tasks.spider import load_spider
+
+        kwargs = {"instruction": cfg.instruction} if cfg.instruction else {}
+        questions, tables, db_dir = cfg.path, cfg.tables, cfg.db_dir
+        if cfg.task == "sql_demo":  # built once into the cache (or data.path, a folder)
+            from rlkit.tasks.sql_demo import build_sql_demo, default_demo_folder
+
+            questions, tables, db_dir = build_sql_demo(cfg.path or default_demo_folder())
+        rows = load_spider(questions, tables, db_dir=db_dir, sample_rows=cfg.sample_rows, **kwargs)
+    else:
+        rows = [_normalise(r, cfg, cfg.path, i) for i, r in enumerate(read_records(cfg.path))]
     # Hold out a fixed slice (independent of the training seed) for evaluation.
     order = list(range(len(rows)))
     random.Random(1234).shuffle(order)
@@ -43,16 +59,7 @@ def read_records(path: str) -> list[dict]:
     if p.suffix in (".jsonl", ".json", ".parquet") and not p.exists():
         raise DataError(f"data file not found: {path}")
     if p.suffix == ".jsonl":
-        rows = []
-        with p.open() as fh:
-            for line_no, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}, line {line_no}: invalid JSON ({exc.msg})") from exc
-        return rows
+        return json_lines(p.read_text(encoding="utf-8"), path)
     if p.suffix == ".json":
         try:
             data = json.loads(p.read_text())
@@ -71,6 +78,20 @@ def read_records(path: str) -> list[dict]:
 
     name, _, split = path.partition(":")
     return list(datasets.load_dataset(name, split=split or "train"))
+
+
+def json_lines(text: str, path: str | Path) -> list:
+    """The records of JSON-lines ``text`` (blank lines skipped); a bad line is a DataError
+    naming ``path`` and the line number."""
+    records = []
+    for line_no, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}, line {line_no}: invalid JSON ({exc.msg})") from exc
+    return records
 
 
 def _normalise(row: Any, cfg, path: str, index: int) -> dict:
