@@ -38,6 +38,7 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) scripts/bench_step.py $(ARGS)
+	$(PY) scripts/bench_sql_reward.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,4 +1,4 @@
-"""Command line: ``rlkit train | serve | train-prm | label-arith-steps | prepare-model``."""
+"""Command line: ``rlkit train | eval | serve | train-prm | label-arith-steps | prepare-model``."""
 from __future__ import annotations
 
 import argparse
@@ -49,10 +49,17 @@ def main(argv: list[str] | None = None) -> int:
     la.add_argument("--backend", choices=["vllm", "hf"], default="vllm")
     la.add_argument("--seed", type=int, default=0)
     la.add_argument("--instruction", default=None, help="appended to every question (as data.instruction)")
+    from rlkit.eval_cli import add_eval_parser
+
+    add_eval_parser(sub)
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "serve":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
+    if args.command == "eval":
+        from rlkit.eval_cli import run_eval_command
+
+        return run_eval_command(args)
     if args.command == "serve":
         from rlkit.models import resolve_model_path
         from rlkit.rollout.vllm_server import serve_command

@@ -172,6 +172,9 @@ class EvalConfig:
     before: bool = True
     after: bool = True
     max_new_tokens: int = 48
+    benchmarks: list = field(default_factory=list)  # specs for rlkit.eval.runner.evaluate_benchmarks
+    best_metric: str | None = None    # keep <output_dir>/best by this metric (eval/accuracy, bench/<name>/...)
+    best_mode: str = "max"            # max | min
 
 
 @dataclass(frozen=True)
@@ -363,6 +366,15 @@ def check_config(cfg: Config) -> None:
         bad("data.task", f"unknown task {cfg.data.task!r}; choose arith, jsonl, toolcall, spider or sql_demo")
     if cfg.data.task == "spider" and not cfg.data.tables:
         bad("data.tables", "task spider needs data.tables (the tables.json of the schemas)")
+    if cfg.eval.best_mode not in ("max", "min"):
+        bad("eval.best_mode", "choose max or min")
+    if cfg.eval.benchmarks:
+        from rlkit.eval.runner import check_specs
+
+        try:
+            check_specs(cfg.eval.benchmarks)
+        except ValueError as exc:
+            bad("eval.benchmarks", str(exc))
     if cfg.model.dtype not in ("float32", "bfloat16"):
         bad("model.dtype", "choose float32 or bfloat16")
     if cfg.train.lr_schedule not in ("constant", "cosine", "linear"):

@@ -27,6 +27,7 @@ from rlkit.data import PromptSampler, load_rows, prompt_token_ids
 from rlkit.dist import combine_metric, make_backend
 from rlkit.dist.sharding import RankShare
 from rlkit.eval.heldout import heldout_records, summarize_heldout
+from rlkit.eval.runner import BestCheckpoint, evaluate_benchmarks
 from rlkit.logging import MetricsLogger, PhaseTimer
 from rlkit.models import load_tokenizer
 from rlkit.objective import kl_shaped_scores, make_loss_fn
@@ -86,17 +87,37 @@ def train(cfg: Config) -> dict:
         if logger is not None:
             logger.log(step, metrics, kind=kind)
 
+    best = BestCheckpoint(cfg.eval.best_metric, cfg.eval.best_mode) if cfg.eval.best_metric else None
+
     def run_eval(step: int) -> None:
         mine = [eval_rows[i] for i in share.generation_indices(len(eval_rows))]
         records = heldout_records(rollout, tokenizer, mine, reward, cfg.data, cfg.eval.max_new_tokens,
                                   cfg.rewards.accuracy_component)
         gathered = backend.all_gather_object(records if share.tp_rank == 0 else [])
+        metrics: dict = {}
         if backend.is_main:
             records = [r for part in gathered for r in part]
             metrics = summarize_heldout(records)
-            log(step, metrics, kind="eval")
             (run_dir / f"eval_step{step}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
             summary["eval_before" if step == 0 else "eval_after"] = metrics
+        if cfg.eval.benchmarks:  # every rank generates every row (the engines are collective under TP)
+            bench = evaluate_benchmarks(rollout, tokenizer, cfg.eval.benchmarks, step,
+                                        output_dir=run_dir / "bench" if backend.is_main else None,
+                                        max_model_len=cfg.rollout.max_model_len)
+            metrics.update(bench if backend.is_main else {})
+        log(step, metrics, kind="eval")
+        if best is not None and step > 0:
+            keep_best(step, metrics)
+
+    def keep_best(step: int, metrics: dict) -> None:
+        """Save the policy to ``<output_dir>/best`` when ``eval.best_metric`` improved (decided on
+        the main rank; every rank joins the save, which gathers ZeRO-3 shards)."""
+        improved = backend.broadcast_object(best.update(metrics, step) if backend.is_main else False)
+        if improved:
+            backend.save_pretrained(str(run_dir / "best"), tokenizer)
+            if backend.is_main:
+                (run_dir / "best" / "best.json").write_text(json.dumps(best.state_dict(), indent=2))
+        summary["best"] = best.state_dict()
 
     overlong = overlong_tokens(cfg.algo, cfg.rollout.max_new_tokens)
 
@@ -161,6 +182,8 @@ def train(cfg: Config) -> dict:
     try:
         if checkpoint:  # weights, optimizer, data position, reward state, RNGs; weights pushed to the rollout
             summary.update(resume(checkpoint, cfg, backend, sampler, reward, rollout, logger, critic))
+            if best is not None:
+                best.load_state_dict(summary.get("best", {}))
         elif server:  # the server may have started from other weights than the trainer's
             rollout.update_weights(backend.named_parameters())
         if cfg.eval.before and start == 0:

@@ -1,4 +1,3 @@
-"""Evaluation: held-out accuracy during training (benchmarks arrive with `rlkit eval`)."""
-from rlkit.eval.heldout import evaluate_heldout
-
-__all__ = ["evaluate_heldout"]
+"""Evaluation: held-out accuracy during training (heldout.py) and ``rlkit eval`` benchmarks
+(benchmarks.py, metrics.py, runner.py, report.py).  Nothing heavy is imported here: the CLI
+imports the module it needs."""
