@@ -101,18 +101,9 @@ class ImplicitPRM:
         return metrics
 
     def _ref_logprobs(self, batch):
-        import torch
+        from rlkit.dist.single import batched_logprobs
 
-        from rlkit.dist.single import forward_logprobs
-
-        out = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
-        with torch.no_grad():
-            for start in range(0, batch.size, self.micro_batch_size):
-                idx = list(range(start, min(start + self.micro_batch_size, batch.size)))
-                micro = batch.select(idx).trimmed().to(self.backend.device)
-                lp, _ = forward_logprobs(self.ref_model, micro, with_entropy=False, autocast=self.autocast)
-                out[start:start + len(idx), :lp.shape[1]] = lp.float().cpu()
-        return out
+        return batched_logprobs(self.ref_model, batch, self.micro_batch_size, self.backend.device, self.autocast)
 
     def _token_rewards(self, batch, ref):
         """[B, T] q = beta (log pi_phi - log pi_ref) on the completion tokens, 0 elsewhere."""

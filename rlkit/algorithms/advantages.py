@@ -220,11 +220,7 @@ def process_rloo_advantages(scores: Tensor, group_ids: Tensor, loss_mask: Tensor
     rewards = torch.where(mask, _float(token_rewards), torch.zeros((), dtype=torch.float32))
     returns = rewards.flip(1).cumsum(1).flip(1)  # [B, T] G_{i,t}
     totals = rewards.sum(dim=1)  # [B] G_{i,0}
-    _, inverse = torch.unique(group_ids, return_inverse=True)
-    num_groups = int(inverse.max().item()) + 1 if inverse.numel() else 0
-    sums = totals.new_zeros(num_groups).index_add(0, inverse, totals)[inverse]  # [B]
-    counts = totals.new_zeros(num_groups).index_add(0, inverse, torch.ones_like(totals))[inverse]
-    baseline = torch.where(counts > 1, (sums - totals) / (counts - 1).clamp(min=1), torch.zeros_like(totals))
+    baseline = _loo_baseline(totals, group_ids)
     advantages = torch.where(mask, returns - baseline[:, None], torch.zeros_like(returns))
     return whiten(advantages, mask, all_reduce=all_reduce)
 

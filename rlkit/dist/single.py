@@ -68,6 +68,20 @@ def forward_logprobs(model, micro: RolloutBatch, with_entropy: bool, autocast: b
     return logp, entropy
 
 
+@torch.no_grad()
+def batched_logprobs(model, batch: RolloutBatch, micro_batch_size: int, device, autocast: bool,
+                     forward=forward_logprobs) -> torch.Tensor:
+    """[B, T] float32 CPU log-probs of ``batch`` under ``model`` (no gradient), computed on
+    ``device`` in micro-batches of ``micro_batch_size`` rows, each trimmed of shared padding."""
+    out = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
+    for start in range(0, batch.size, micro_batch_size):
+        idx = list(range(start, min(start + micro_batch_size, batch.size)))
+        micro = batch.select(idx).trimmed().to(device)
+        lp, _ = forward(model, micro, with_entropy=False, autocast=autocast)
+        out[start:start + len(idx), : lp.shape[1]] = lp.float().cpu()
+    return out
+
+
 class SingleBackend(LocalCollectives):
     """One process on one device; the collective calls of ``LocalCollectives`` are identities."""
 
@@ -119,15 +133,8 @@ class SingleBackend(LocalCollectives):
                 return self._logprobs(self.model, batch, micro_batch_size)
         return self._logprobs(self.ref_model, batch, micro_batch_size)
 
-    @torch.no_grad()
     def _logprobs(self, model, batch: RolloutBatch, micro_batch_size: int) -> torch.Tensor:
-        out = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
-        for start in range(0, batch.size, micro_batch_size):
-            idx = list(range(start, min(start + micro_batch_size, batch.size)))
-            micro = batch.select(idx).trimmed().to(self.device)
-            lp, _ = self.forward(model, micro, with_entropy=False, autocast=self.autocast)
-            out[start:start + len(idx), : lp.shape[1]] = lp.float().cpu()
-        return out
+        return batched_logprobs(model, batch, micro_batch_size, self.device, self.autocast, self.forward)
 
     def train_step(self, micro_batches: list[RolloutBatch], loss_fn: LossFn,
                    filler: RolloutBatch | None = None) -> dict[str, float]:
