@@ -91,4 +91,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from rlkit.cli import _leave_distributed
+
     main()
+    sys.exit(_leave_distributed(0))  # as `rlkit train` ends a launched rank: no late C++ abort at exit
