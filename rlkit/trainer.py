@@ -100,10 +100,11 @@ def train(cfg: Config) -> dict:
             metrics = summarize_heldout(records)
             (run_dir / f"eval_step{step}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
             summary["eval_before" if step == 0 else "eval_after"] = metrics
-        if cfg.eval.benchmarks:  # every rank generates every row (the engines are collective under TP)
+        if cfg.eval.benchmarks:  # each engine generates its share of the rows; records gathered
             bench = evaluate_benchmarks(rollout, tokenizer, cfg.eval.benchmarks, step,
                                         output_dir=run_dir / "bench" if backend.is_main else None,
-                                        max_model_len=cfg.rollout.max_model_len)
+                                        max_model_len=cfg.rollout.max_model_len, share=share,
+                                        gather=backend.all_gather_object)
             metrics.update(bench if backend.is_main else {})
         log(step, metrics, kind="eval")
         if best is not None and step > 0:

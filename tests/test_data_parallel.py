@@ -14,6 +14,7 @@ from conftest import assert_engine_matches_export, run_deepspeed_cli, tiny_overr
 
 pytest.importorskip("deepspeed")
 COUNTING = "rewards.functions=[{fn: 'rlkit.testing_rewards:CountingReward', name: digits}]"
+BENCH = "eval.benchmarks=[{name: sums, benchmark: arith, limit: 5, max_new_tokens: 8, levels: [1]}]"
 COMPARED = ("reward/mean", "loss/policy", "grad_norm", "entropy", "response_length", "lr", "trained_rows")
 
 
@@ -28,7 +29,7 @@ def zero2_runs(tiny_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("dp")
     base = tiny_overrides(tiny_model, "hf", train__lr="3e-3", train__save_every=2, train__prompts_per_step=4,
                           backend__zero_stage=2) + [COUNTING, "rewards.accuracy_component=digits"]
-    a = run_deepspeed_cli(base + ["train.steps=4"], root / "A")
+    a = run_deepspeed_cli(base + ["train.steps=4", BENCH], root / "A")  # a benchmark after the last step
     b1 = run_deepspeed_cli(base + ["train.steps=2"], root / "B")
     b2 = run_deepspeed_cli(base + ["train.steps=4", "train.resume=auto"], root / "B")
     for res in (a, b1, b2):
@@ -44,6 +45,9 @@ def test_both_ranks_generate_and_train(zero2_runs):
     assert any(a[s]["grad_norm"] > 0 for s in a)
     records = [json.loads(s) for s in (zero2_runs.a / "eval_step4.jsonl").read_text().splitlines()]
     assert len(records) == 4, "the held-out rows of both ranks are gathered"
+    assert lines(zero2_runs.a, "eval")[4]["bench/sums/n"] == 5, "each rank generated its share of the benchmark"
+    bench = json.loads((zero2_runs.a / "bench" / "sums" / "step_4" / "predictions.json").read_text())
+    assert [r["index"] for r in bench] == [0, 1, 2, 3, 4]
     ckpt = zero2_runs.a / "checkpoints" / "step_4"
     assert {"rng.pt", "rng_rank1.pt", "deepspeed", "model.safetensors", "COMPLETE"} <= {p.name for p in ckpt.iterdir()}
     assert json.loads((ckpt / "trainer_state.json").read_text())["world_size"] == 2

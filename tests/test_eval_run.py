@@ -174,6 +174,27 @@ def test_resolve_lora_checkpoint_merges_the_adapters(tiny_model, tmp_path, one_t
 
 # ---- during training ---------------------------------------------------------------------------
 
+def _two_shares(rollout, tokenizer, specs):
+    """evaluate_benchmarks as ranks 0 and 1 of two data-parallel engines (run one after the other
+    here, with the gather answering what the other rank contributed); rank 0's metrics."""
+    from rlkit.dist.sharding import RankShare
+    from rlkit.eval.runner import evaluate_benchmarks
+
+    contributed = {}
+
+    def gather_as(rank):
+        def gather(records):
+            contributed[rank] = records
+            return [contributed.get(0, []), contributed.get(1, [])]
+        return gather
+
+    evaluate_benchmarks(rollout, tokenizer, specs, step=7, share=RankShare(1, 2), gather=gather_as(1))
+    assert {r["index"] for r in contributed[1]} == {1, 3}          # every other row
+    metrics = evaluate_benchmarks(rollout, tokenizer, specs, step=7, share=RankShare(0, 2), gather=gather_as(0))
+    assert {r["index"] for r in contributed[0]} == {0, 2}
+    return metrics
+
+
 def test_evaluate_benchmarks_for_the_trainer(tiny_model, tmp_path, one_thread):
     import torch
 
@@ -206,6 +227,10 @@ def test_evaluate_benchmarks_for_the_trainer(tiny_model, tmp_path, one_thread):
         evaluate_benchmarks(rollout, tokenizer, [{"benchmark": "gsm8k", "dataset": "x"}], step=1)
     with pytest.raises(ValueError, match="used twice"):
         evaluate_benchmarks(rollout, tokenizer, [{"benchmark": "arith"}, {"benchmark": "arith"}], step=1)
+
+    sharded = _two_shares(rollout, tokenizer, specs[:1])
+    alone = evaluate_benchmarks(rollout, tokenizer, specs[:1], step=7)
+    assert sharded == alone                    # greedy: the shares' records add up to the whole run
 
     best = BestCheckpoint("bench/gsm8k/accuracy")
     assert best.update({"bench/gsm8k/accuracy": 0.2}, 1) is True

@@ -132,7 +132,8 @@ def check_specs(specs: Sequence[dict]) -> list[dict]:
 
 
 def evaluate_benchmarks(rollout, tokenizer, specs: Sequence[dict], step: int, *,
-                        output_dir: str | Path | None = None, max_model_len: int | None = None) -> dict[str, float]:
+                        output_dir: str | Path | None = None, max_model_len: int | None = None,
+                        share: Any = None, gather: Any = None) -> dict[str, float]:
     """Run every benchmark spec with the trainer's rollout engine; ``bench/<name>/<metric>`` floats.
 
     A spec is ``{"name", "benchmark", "data", "limit", "max_new_tokens", "samples", "temperature",
@@ -144,10 +145,16 @@ def evaluate_benchmarks(rollout, tokenizer, specs: Sequence[dict], step: int, *,
     Greedy unless a spec asks for ``samples > 1`` (then temperature 1.0 unless given).
     ``max_model_len`` (the engine's context, ``rollout.max_model_len``): prompts keep their last
     ``max_model_len - max_new_tokens`` tokens unless a spec sets ``max_prompt_tokens``.
+
+    Data parallel: with ``share`` (a ``RankShare``) and ``gather`` (an all-gather of Python
+    objects, e.g. the backend's ``all_gather_object``) every engine generates for its share of the
+    rows only; the records of all shares are gathered and every rank returns the metrics of all
+    rows (the reports are written by the rank given ``output_dir``).
     """
     out: dict[str, float] = {}
     for spec in check_specs(specs):
         rows = _spec_rows(spec)
+        indices = list(range(len(rows))) if share is None else share.generation_indices(len(rows))
         samples = int(spec.get("samples") or 1)
         temperature = spec.get("temperature")
         temperature = float(temperature) if temperature is not None else (0.0 if samples == 1 else 1.0)
@@ -159,10 +166,12 @@ def evaluate_benchmarks(rollout, tokenizer, specs: Sequence[dict], step: int, *,
                 raise ValueError(f"benchmark {spec['name']}: max_new_tokens {max_new} leaves no room for the prompt "
                                  f"in max_model_len {max_model_len}")
         metrics, records = evaluate(
-            rollout, tokenizer, rows, spec["benchmark"], samples=samples, temperature=temperature,
-            top_p=float(spec.get("top_p") or 1.0), max_new_tokens=max_new,
+            rollout, tokenizer, [rows[i] for i in indices], spec["benchmark"], samples=samples,
+            temperature=temperature, top_p=float(spec.get("top_p") or 1.0), max_new_tokens=max_new,
             chat_template=spec.get("chat_template", True), system_prompt=spec.get("system_prompt"),
             max_prompt_tokens=max_prompt)
+        if gather is not None and share is not None:
+            metrics, records = _gathered(records, indices, share, gather, spec["benchmark"])
         out.update({f"bench/{spec['name']}/{k}": float(v) for k, v in metrics.items()})
         if output_dir is not None:
             from rlkit.eval.report import write_report
@@ -171,6 +180,18 @@ def evaluate_benchmarks(rollout, tokenizer, specs: Sequence[dict], step: int, *,
             write_report(Path(output_dir) / spec["name"] / f"step_{step}", spec["benchmark"], metrics, records,
                          settings, plot=False)
     return out
+
+
+def _gathered(records: list[dict], indices: list[int], share: Any, gather: Any,
+              benchmark: str) -> tuple[dict[str, float], list[dict]]:
+    """All shares' records in the rows' order (``index`` = the row's place in the benchmark)
+    and their metrics; the other ranks of a tensor-parallel engine contribute nothing (their
+    engine generated the same rows)."""
+    for record, index in zip(records, indices):
+        record["index"] = index
+    parts = gather(records if share.tp_rank == 0 else [])
+    merged = sorted((r for part in parts for r in part), key=lambda r: r["index"])
+    return summarize(merged, vote_equal(benchmark)), merged
 
 
 class BestCheckpoint:
