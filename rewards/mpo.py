@@ -97,14 +97,15 @@ def meta_messages(rubric: Rubric, row: dict[str, Any], max_items: int, max_chars
 def meta_regex(max_items: int, max_tokens: int, analysis_chars: int | None = None,
                item_chars: int | None = None) -> str:
     """The regular expression of a well-formed meta reply: ``ANALYSIS: <one line>``, then
-    ``RUBRIC:`` and 2 to ``max_items`` lines ``- <id> (<min>-<max>): <description>`` (lowercase ids,
-    integer ranges 0-1 .. 0-10, descriptions that start with a letter); the analysis holds at most
-    ``analysis_chars`` characters and a description ``item_chars``, by default as many as let the
-    reply fit ``max_tokens`` at about 3 characters a token."""
+    ``RUBRIC:`` and 2 to ``max_items`` lines ``- <id> (<min>-<max>): <description>`` (ids of 3-25
+    lowercase letters and underscores, integer ranges 0-1 .. 0-10, descriptions that start with a
+    letter); the analysis holds at most ``analysis_chars`` characters and a description
+    ``item_chars``, by default as many as let the reply fit ``max_tokens`` at about 3 characters a
+    token."""
     budget = 3 * max_tokens
     analysis = analysis_chars or max(20, min(400, budget // 4))
     description = item_chars or max(12, min(200, (budget - analysis - 20) // max(max_items, 2) - 30))
-    item = rf"- [a-z][a-z0-9_]{{2,30}} \(0-([1-9]|10)\): [A-Za-z][^\n]{{9,{description}}}\n"
+    item = rf"- [a-z][a-z_]{{2,24}} \(0-([1-9]|10)\): [A-Za-z][^\n]{{9,{description}}}\n"
     return rf"ANALYSIS: [^\n]{{10,{analysis}}}\nRUBRIC:\n({item}){{2,{max(max_items, 2)}}}"
 
 
