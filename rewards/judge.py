@@ -329,10 +329,12 @@ def _json_scores(reply: str, index: dict[str, int], rubric: Rubric) -> dict[int,
     return out
 
 
-def _first_json(text: str) -> Any:
-    """The first JSON object or list that parses, from a ``{`` or ``[`` to its last matching closer."""
+def _first_json(text: str, pick: Callable[[Any], Any] | None = None) -> Any:
+    """The first JSON value in ``text`` (decoded from a ``{`` or ``[``, at most 20 tries) for which
+    ``pick(value)`` is not None, and that result; by default the first non-empty object or list."""
     if "{" not in text and "[" not in text:
         return None
+    pick = pick or (lambda value: value if isinstance(value, (dict, list)) and value else None)
     decoder = json.JSONDecoder()
     for tries, match in enumerate(re.finditer(r"[\[{]", text)):
         if tries == 20:  # enough for any reply that holds JSON; bounds the work on garbage
@@ -341,8 +343,9 @@ def _first_json(text: str) -> Any:
             value, _ = decoder.raw_decode(text, match.start())
         except (ValueError, RecursionError):
             continue
-        if isinstance(value, (dict, list)) and value:
-            return value
+        picked = pick(value)
+        if picked is not None:
+            return picked
     return None
 
 

@@ -42,14 +42,13 @@ import math
 import os
 import random
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from rewards.judge import (
     Messages,
-    use_constraint,
+    _first_json,
     Rubric,
     RubricItem,
     RubricJudge,
@@ -58,6 +57,7 @@ from rewards.judge import (
     normalise_description,
     normalise_id,
     prompt_text,
+    use_constraint,
 )
 
 logger = logging.getLogger("rewards.mpo")
@@ -157,19 +157,15 @@ def parse_rubric(text: Any) -> Rubric | None:
 
 
 def _json_items(text: str) -> list[RubricItem | None]:
-    decoder = json.JSONDecoder()
-    for tries, match in enumerate(re.finditer(r"[\[{]", text)):
-        if tries == 20:
-            break
-        try:
-            data, _ = decoder.raw_decode(text, match.start())
-        except (ValueError, RecursionError):
-            continue
+    """Items of the first JSON list of item mappings (or ``{"rubric" | "items": [...]}``) in ``text``."""
+    def pick(data: Any) -> list[RubricItem | None] | None:
         if isinstance(data, dict):
             data = data.get("rubric", data.get("items"))
         if isinstance(data, list) and data and all(isinstance(entry, dict) for entry in data):
             return [_json_item(entry) for entry in data]
-    return []
+        return None
+
+    return _first_json(text, pick) or []
 
 
 def _json_item(entry: dict) -> RubricItem | None:
@@ -488,18 +484,10 @@ def _read_items(path: Path) -> Any:
 
 
 def atomic_write_json(path: Path, payload: Any) -> None:
-    """Write JSON to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """``payload`` as indented JSON, written atomically (``rlkit.eval.report.atomic_write_text``)."""
+    from rlkit.eval.report import atomic_write_text
+
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 def _is_rank0() -> bool:

@@ -296,25 +296,19 @@ def run_floor(spec: dict) -> dict:
 
 
 def forward_backward(model, batch, autocast: bool) -> float:
-    """Seconds of one forward/backward pass over the whole batch (then the gradients are dropped)."""
-    import contextlib
-
+    """Seconds of one forward/backward pass over the whole batch (then the gradients are dropped):
+    rlkit's plain log-prob pass (``forward_logprobs``: LM head on completion positions only, no
+    entropy, no shared prompt) and a policy-gradient loss with stand-in advantages."""
     import torch
+
+    from rlkit.dist.single import forward_logprobs
 
     sync = torch.cuda.synchronize if batch.input_ids.is_cuda else (lambda: None)
     sync()
     t0 = time.perf_counter()
-    ids, mask = batch.input_ids, batch.loss_mask
-    first = int(mask.float().argmax(dim=1).min())           # first completion column of any row
-    ctx = torch.autocast(ids.device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
-    with ctx:
-        logits = model(input_ids=ids, attention_mask=batch.attention_mask.long(),
-                       logits_to_keep=ids.shape[1] - first + 1, use_cache=False).logits
-    logits = logits[:, :-1].float()
-    targets = ids[:, first:]
-    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    weights = torch.randn(ids.shape[0], 1, device=ids.device)   # stand-in advantages
-    loss = -(logp * weights * mask[:, first:]).sum() / mask.sum()
+    logp, _ = forward_logprobs(model, batch, with_entropy=False, autocast=autocast)
+    weights = torch.randn(logp.shape[0], 1, device=logp.device)   # stand-in advantages
+    loss = -(logp * weights).sum() / batch.loss_mask.sum()        # logp is 0 outside loss_mask
     loss.backward()
     sync()
     seconds = time.perf_counter() - t0

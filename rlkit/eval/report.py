@@ -23,11 +23,15 @@ from rlkit.eval.metrics import breakdown
 HEADLINE = ("accuracy", "pass@", "maj@")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, fsync it, then rename it over ``path``:
+    a reader sees the old file or the whole new one, never a part."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -138,10 +142,10 @@ def write_report(folder: str | Path, benchmark: str, metrics: dict[str, float], 
     out.mkdir(parents=True, exist_ok=True)
     paths = {"predictions": out / "predictions.json", "metrics": out / "metrics.json",
              "summary": out / "summary.md"}
-    _atomic_write(paths["predictions"], json.dumps(_jsonable(list(records)), indent=1, ensure_ascii=False) + "\n")
-    _atomic_write(paths["metrics"], json.dumps(_jsonable({"benchmark": benchmark, "metrics": metrics,
+    atomic_write_text(paths["predictions"], json.dumps(_jsonable(list(records)), indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(paths["metrics"], json.dumps(_jsonable({"benchmark": benchmark, "metrics": metrics,
                                                           "settings": settings or {}}), indent=2) + "\n")
-    _atomic_write(paths["summary"], summary_markdown(benchmark, metrics, records, settings))
+    atomic_write_text(paths["summary"], summary_markdown(benchmark, metrics, records, settings))
     if plot:
         paths["chart"] = plot_metrics(out / f"{benchmark}.png", benchmark, metrics, records)
     return paths
