@@ -297,8 +297,8 @@ def run_floor(spec: dict) -> dict:
 
 def forward_backward(model, batch, autocast: bool) -> float:
     """Seconds of one forward/backward pass over the whole batch (then the gradients are dropped):
-    rlkit's plain log-prob pass (``forward_logprobs``: LM head on completion positions only, no
-    entropy, no shared prompt) and a policy-gradient loss with stand-in advantages."""
+    rlkit's plain log-prob pass (``forward_logprobs``: LM head on completion positions only,
+    block-wise log-probs, no entropy, no shared prompt) and a policy-gradient loss with stand-in advantages."""
     import torch
 
     from rlkit.dist.single import forward_logprobs

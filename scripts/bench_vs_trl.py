@@ -116,6 +116,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--run-timeout", type=float, default=3600, help="seconds before any other run is stopped")
     parser.add_argument("--output-dir", default="bench/results")
     parser.add_argument("--estimate", action="store_true", help="print the plan and its time estimate, then exit")
+    parser.add_argument("--remark", action="append", default=[],
+                        help="a sentence for the report's Remarks section (repeatable)")
     parser.add_argument("--keep-runs", action="store_true", help="keep bench/tmp/runs (logs, metrics) afterwards")
     args = parser.parse_args(argv)
     fill_defaults(args)
@@ -422,6 +424,15 @@ def targets(vs_trl: dict, floor: dict) -> list[dict]:
 
 # ---------------------------------------------------------------- report
 
+def command_line(argv: list[str]) -> str:
+    """The command as run, with each ``--remark`` text shown as ``...`` (the Remarks section has it)."""
+    shown, skip = [], False
+    for arg in argv:
+        shown.append("..." if skip else arg.split("=", 1)[0] + "=..." if arg.startswith("--remark=") else arg)
+        skip = arg == "--remark"
+    return " ".join(["python", "scripts/bench_vs_trl.py", *shown])
+
+
 def write_report(path_base: Path, data: dict) -> None:
     """``<base>.json`` (everything) and ``<base>.md`` (tables)."""
     path_base.parent.mkdir(parents=True, exist_ok=True)
@@ -471,6 +482,8 @@ def markdown(d: dict) -> list[str]:
     if d["sections"].get("ranks"):
         lines += ranks_lines(d["sections"]["ranks"], bool(m["gpus"]))
     lines += ["## What is not the same in both", ""] + [f"- {n}" for n in DIFFERENCES]
+    if s.get("remark"):
+        lines += ["", "## Remarks", ""] + [f"- {r}" for r in s["remark"]]
     return lines
 
 
@@ -564,8 +577,9 @@ def floor_lines(sec: dict) -> list[str]:
                      f"{fmt(f['step_s'])} | {fmt(f['completion_tokens'], 0)} | {fmt(r.get('step_s'))} | "
                      f"{fmt(r.get('completion_tokens'), 0)} | {fmt(e.get('ratio'))} | {fmt(e.get('ratio_per_token'))} |")
     return lines + ["", "The floor leaves out the optimizer step, scoring and the weight sync, which a training step "
-                        "needs; rlkit's step reuses the shared prompt prefix and skips the LM head on prompt tokens, "
-                        "which the plain forward/backward here only partly does (LM head on completion positions).", ""]
+                        "needs; rlkit's step runs each distinct prompt once (shared prompt prefix), which the plain "
+                        "forward/backward here does not. Both run the LM head on completion positions only and take "
+                        "log-probs from rlkit's block-wise `token_logprobs`.", ""]
 
 
 def scaling_lines(sec: dict, settings: dict) -> list[str]:
@@ -618,7 +632,8 @@ DIFFERENCES = [
     "(A first run with the digit-share reward gave the random 50M model all-zero rewards, so rlkit skipped its "
     "whole training phase while TRL did not; that run was discarded.)",
     "Advantage epsilon: TRL divides by std + 1e-4, rlkit by std + 1e-6.",
-    "TRL computes token entropies for its logs in every step; rlkit computes them too (entropy metric).",
+    "TRL computes token entropies for its logs in every step; rlkit computes them too (entropy metric, in the "
+    "same block-wise pass as the log-probs).",
     "TRL's vLLM colocate mode builds its own engine (no enforce_eager, max_num_batched_tokens 4096) and syncs "
     "weights through `model.load_weights`; rlkit's engine uses enforce_eager and `reload_weights`.",
 ]
@@ -649,7 +664,7 @@ def main(argv=None) -> int:
     floor = summarize_floor(jobs, args.warmup, vs_trl) if "floor" in args.sections else {}
     data = {
         "date": time.strftime("%Y-%m-%d"), "machine_tag": tag, "machine": machine,
-        "command": " ".join([Path(sys.executable).name, "scripts/bench_vs_trl.py", *(argv or sys.argv[1:])]),
+        "command": command_line(argv or sys.argv[1:]),
         "settings": {k: v for k, v in vars(args).items()}, "model_params": params,
         "models": {k: MODELS[k] for k in params},
         "sections": {"vs_trl": vs_trl, "floor": floor,

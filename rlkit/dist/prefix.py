@@ -14,6 +14,8 @@ import contextlib
 
 import torch
 
+from rlkit.dist.token_logprobs import token_logprobs
+
 
 def _gathered_cache(cache, rows: torch.Tensor):
     """A DynamicCache whose row r holds the cache of prompt ``rows[r]``."""
@@ -63,10 +65,17 @@ def forward_logprobs_shared(model, micro, with_entropy: bool, autocast: bool, en
         full_mask = torch.cat([prompt_mask.index_select(0, row_to_prompt), comp_mask], dim=1)
         comp_out = model(input_ids=comp_ids, attention_mask=full_mask, position_ids=positions,
                          past_key_values=cache, use_cache=False)
-    # logits predicting completion token j: j == 0 from the prompt pass, else completion position j-1
-    logits = torch.cat([last_logits.index_select(0, row_to_prompt).unsqueeze(1), comp_out.logits[:, :-1]],
-                       dim=1).float()                              # [b, L, V]
-    token_lp = logits.gather(-1, comp_ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    # logits predicting completion token j: j == 0 from the prompt pass, else completion position
+    # j-1; the last completion position predicts past the end (stand-in target, value dropped)
+    want_entropy_grad = entropy_grad and torch.is_grad_enabled()
+    first_lp, first_ent = token_logprobs(last_logits.index_select(0, row_to_prompt), comp_ids[:, 0],
+                                         with_entropy, want_entropy_grad)            # [b]
+    rest_targets = torch.cat([comp_ids[:, 1:], comp_ids[:, :1]], dim=1)             # [b, L]
+    rest_lp, rest_ent = token_logprobs(comp_out.logits, rest_targets, with_entropy, want_entropy_grad)
+
+    def joined(first: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:            # [b, L] float32
+        return torch.cat([first.unsqueeze(1), rest[:, :-1]], dim=1).float()
+
     # Columns are distinct within a row; the buffer is L wider so no index needs clamping.
     columns = starts.unsqueeze(1) + torch.arange(L, device=device).unsqueeze(0)       # [b, L]
     valid = comp_mask.bool()
@@ -76,10 +85,5 @@ def forward_logprobs_shared(model, micro, with_entropy: bool, autocast: bool, en
         wide = wide.scatter(1, columns, torch.where(valid, values, torch.zeros_like(values)))
         return torch.where(loss_mask, wide[:, :T], torch.zeros((), device=device))
 
-    entropy = None
-    if with_entropy:
-        from rlkit.algorithms.losses import entropy_from_logits
-
-        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            entropy = place(entropy_from_logits(logits))
-    return place(token_lp), entropy
+    entropy = place(joined(first_ent, rest_ent)) if with_entropy else None
+    return place(joined(first_lp, rest_lp)), entropy

@@ -14,12 +14,12 @@ from typing import Iterator
 
 import torch
 
-from rlkit.algorithms.losses import entropy_from_logits
 from rlkit.batch import RolloutBatch
 from rlkit.dist import LossFn, combine_metric, resolve_device
 from rlkit.dist.collectives import LocalCollectives
 from rlkit.dist.lora import apply_lora, is_lora, merged_weights, save_adapter
 from rlkit.dist.prefix import forward_logprobs_shared
+from rlkit.dist.token_logprobs import token_logprobs
 from rlkit.models import load_causal_lm
 
 
@@ -42,7 +42,8 @@ def forward_logprobs(model, micro: RolloutBatch, with_entropy: bool, autocast: b
     optionally entropies.  One forward pass over every row's prompt + completion.
 
     The LM head only runs on the positions that predict completion tokens (``logits_to_keep``),
-    which skips most of the prompt's share of the vocabulary projection.
+    which skips most of the prompt's share of the vocabulary projection, and the log-probs and
+    entropies come from ``token_logprobs`` (block-wise, no full-vocabulary float32 copies).
     """
     ids = micro.input_ids
     T = ids.shape[1]
@@ -53,19 +54,18 @@ def forward_logprobs(model, micro: RolloutBatch, with_entropy: bool, autocast: b
     ctx = torch.autocast(device_type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
     with ctx:
         logits = model(input_ids=ids, attention_mask=micro.attention_mask.long(), logits_to_keep=keep,
-                       use_cache=False).logits
-    logits = logits[:, :-1].float()                        # [b, keep-1, V] predicts ids[:, first:]
-    targets = ids[:, first:]                               # [b, keep-1]
-    token_lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    logp = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
+                       use_cache=False).logits                 # [b, keep, V]
+    # The last position predicts past the end: give it a stand-in target and drop its values
+    # (cheaper than slicing the logits, whose backward would copy them whole).
+    targets = torch.cat([ids[:, first:], ids[:, -1:]], dim=1)  # [b, keep]
+    token_lp, ent = token_logprobs(logits, targets, with_entropy, entropy_grad and torch.is_grad_enabled())
     zero = torch.zeros((), device=ids.device)
-    logp = torch.where(micro.loss_mask, torch.cat([logp[:, :first], token_lp], dim=1), zero)  # [b, T]
-    entropy = None
-    if with_entropy:
-        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            ent = entropy_from_logits(logits)
-        entropy = torch.where(micro.loss_mask, torch.cat([torch.zeros_like(logp[:, :first]), ent], dim=1), zero)
-    return logp, entropy
+
+    def place(values: torch.Tensor) -> torch.Tensor:  # [b, keep] -> [b, T]: stand-in dropped, 0 outside loss_mask
+        padded = torch.cat([torch.zeros((ids.shape[0], first), device=ids.device), values[:, :-1].float()], dim=1)
+        return torch.where(micro.loss_mask, padded, zero)
+
+    return place(token_lp), place(ent) if with_entropy else None
 
 
 @torch.no_grad()
