@@ -33,7 +33,8 @@ def token_logprobs(logits: Tensor, targets: Tensor, with_entropy: bool = False, 
     """``(logp, entropy)`` of ``targets`` under ``softmax(logits)``, both of ``targets``' shape
     (float32, or float64 for float64 logits); ``entropy`` is None unless ``with_entropy``.
 
-    ``logits``: ``[..., V]`` in any float dtype (it is not copied; a strided view is fine);
+    ``logits``: ``[..., V]`` in any float dtype (2-D and 3-D ones, strided views included, are not
+    copied);
     ``targets``: integer ids of ``logits.shape[:-1]``.  Gradients reach ``logits`` through
     ``logp`` always and through ``entropy`` only with ``entropy_grad`` (otherwise the entropy is
     a detached metric).  ``block_elements`` overrides the block size (tests use it to force
