@@ -112,16 +112,6 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def gpus() -> list[dict]:
     """Name and memory of each CUDA device (empty without CUDA)."""
     import torch
@@ -136,11 +126,9 @@ def gpus() -> list[dict]:
 def precision() -> str:
     """``bf16`` (autocast in both trainers, bf16 vLLM weights) on CUDA with bf16 and on CPUs
     with AVX512-BF16 or AMX; ``fp32`` elsewhere."""
-    import torch
+    from rlkit.rollout import engine_dtype   # rlkit's own rule for rollout.dtype=auto
 
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_flags() & {"avx512_bf16", "amx_bf16"} else "fp32"
+    return "bf16" if engine_dtype("auto") == "bfloat16" else "fp32"
 
 
 def library_versions() -> dict:

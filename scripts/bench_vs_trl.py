@@ -38,8 +38,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _bench_common import (MODELS, ROOT, TMP, count_parameters, fit_line, fmt, machine_info,  # noqa: E402
-                           machine_tag, median, prepare_model, rlkit_config, run_child, run_worker)
+from _bench_common import (MODELS, ROOT, TMP, count_parameters, error_line, fit_line, fmt,  # noqa: E402
+                           machine_info, machine_tag, median, prepare_model, rlkit_config, run_child,
+                           run_worker)
 
 SECTIONS = ("vs_trl", "floor", "scaling", "ranks")
 COMBOS = (("rlkit", "hf"), ("trl", "hf"), ("rlkit", "vllm"), ("trl", "vllm"))  # alternating order
@@ -251,7 +252,6 @@ def run_ranks(j: Job, num_gpus: int) -> dict:
     (threads split between ranks), scripts/train.sh with that many GPUs on CUDA."""
     import yaml
 
-    from _bench_common import error_line
     from _bench_worker import read_rlkit_steps
 
     cuda = num_gpus > 0

@@ -67,11 +67,10 @@ def forward_logprobs_shared(model, micro, with_entropy: bool, autocast: bool, en
                          past_key_values=cache, use_cache=False)
     # logits predicting completion token j: j == 0 from the prompt pass, else completion position
     # j-1; the last completion position predicts past the end (stand-in target, value dropped)
-    want_entropy_grad = entropy_grad and torch.is_grad_enabled()
     first_lp, first_ent = token_logprobs(last_logits.index_select(0, row_to_prompt), comp_ids[:, 0],
-                                         with_entropy, want_entropy_grad)            # [b]
+                                         with_entropy, entropy_grad)                 # [b]
     rest_targets = torch.cat([comp_ids[:, 1:], comp_ids[:, :1]], dim=1)             # [b, L]
-    rest_lp, rest_ent = token_logprobs(comp_out.logits, rest_targets, with_entropy, want_entropy_grad)
+    rest_lp, rest_ent = token_logprobs(comp_out.logits, rest_targets, with_entropy, entropy_grad)
 
     def joined(first: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:            # [b, L] float32
         return torch.cat([first.unsqueeze(1), rest[:, :-1]], dim=1).float()

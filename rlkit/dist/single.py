@@ -58,7 +58,7 @@ def forward_logprobs(model, micro: RolloutBatch, with_entropy: bool, autocast: b
     # The last position predicts past the end: give it a stand-in target and drop its values
     # (cheaper than slicing the logits, whose backward would copy them whole).
     targets = torch.cat([ids[:, first:], ids[:, -1:]], dim=1)  # [b, keep]
-    token_lp, ent = token_logprobs(logits, targets, with_entropy, entropy_grad and torch.is_grad_enabled())
+    token_lp, ent = token_logprobs(logits, targets, with_entropy, entropy_grad)
     zero = torch.zeros((), device=ids.device)
 
     def place(values: torch.Tensor) -> torch.Tensor:  # [b, keep] -> [b, T]: stand-in dropped, 0 outside loss_mask

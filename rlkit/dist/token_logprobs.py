@@ -48,11 +48,7 @@ def token_logprobs(logits: Tensor, targets: Tensor, with_entropy: bool = False, 
     z3 = logits.reshape(-1, *logits.shape[-2:]) if logits.dim() >= 2 else logits.reshape(1, 1, -1)
     t2 = targets.reshape(z3.shape[:2])
     logp, entropy = _TokenLogProbs.apply(z3, t2, bool(with_entropy), bool(entropy_grad), int(block_elements))
-    logp = logp.reshape(lead)
-    if not with_entropy:
-        return logp, None
-    entropy = entropy.reshape(lead)
-    return logp, entropy if entropy_grad else entropy.detach()
+    return logp.reshape(lead), entropy.reshape(lead) if with_entropy else None
 
 
 def _compute_dtype(z: Tensor) -> torch.dtype:
@@ -101,10 +97,10 @@ class _TokenLogProbs(torch.autograd.Function):
                 entropy[b, s:e] = -_plogp(p, logq).sum(dim=-1)
         ctx.save_for_backward(z, targets, lse, entropy if entropy_grad else None)
         ctx.block_elements = block_elements
-        ctx.entropy_grad = entropy_grad
         if entropy is None:
             entropy = torch.zeros((), device=z.device)               # autograd needs a tensor
-        ctx.mark_non_differentiable(*(() if entropy_grad and with_entropy else (entropy,)))
+        if not (with_entropy and entropy_grad):
+            ctx.mark_non_differentiable(entropy)
         return logp, entropy
 
     @staticmethod
@@ -112,7 +108,7 @@ class _TokenLogProbs(torch.autograd.Function):
         z, targets, lse, entropy = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None
-        use_entropy = ctx.entropy_grad and entropy is not None and g_entropy is not None
+        use_entropy = entropy is not None and g_entropy is not None  # saved only with entropy_grad
         grad = torch.empty(z.shape, dtype=z.dtype, device=z.device)
         for b, s, e in _blocks(z, ctx.block_elements):
             logq, p = _block_terms(z[b, s:e].to(lse.dtype), lse[b, s:e])
