@@ -4,19 +4,27 @@ A reward is any callable ``fn(completions: list[str], **columns) -> list[float |
 ``async def``; ``columns`` are per-row lists (dataset fields, ``prompts``, ``completion_ids``) and
 unused ones must be accepted. ``None`` = "does not apply to this row". A row may instead be a
 ``RewardOutput`` with step spans and/or dense token rewards; every value is normalised into a
-``RewardOutput`` (or None) before ``combine()`` weighs the components, isolates failing rows and
-runs ``pool=True`` components in worker processes with a time limit per row. No torch import.
+``RewardOutput`` (or None) before ``combine()`` weighs the components and isolates failing rows.
+
+Every reward call has a time limit: ``timeout_s`` seconds per row (the component's, else
+combine's). A ``pool=True`` component runs each row in a worker process killed at its limit; any
+other component runs in a thread of its own (``rewards.pool.CallThread``) and a call on n rows
+may take ``n * timeout_s`` seconds (plus ``load_grace_s`` on the component's first call, for
+models loaded lazily). The rows of a call that timed out are unscored (NaN, counted as
+failures) and the run goes on; a sync call that hangs is abandoned in its thread and the
+component is skipped until it returns. A batch call that raises is retried row by row, so
+only the rows that fail are lost. No torch import.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from rewards.pool import (RewardError, WorkerPool, call_reward, check_batch, check_picklable,
-                          check_values, load_callable, row_columns)
+from rewards.pool import (CallBusy, CallThread, CallTimeout, RewardError, WorkerPool, check_batch,
+                          check_picklable, check_values, load_callable, row_columns)
 
 logger = logging.getLogger("rewards")
 
@@ -27,6 +35,11 @@ class RewardOutput:
 
     ``steps``: ``(start_token, end_token_exclusive, step_score)`` spans over completion tokens.
     ``token_rewards``: one float per completion token.
+
+    Steps given without ``token_rewards`` become token rewards: each step's value, after the
+    component's credit assignment (``Component.step_credit``; none = the values as they are,
+    the sum form), on the step's last token.  A row that gives ``token_rewards`` has done its
+    own credit assignment; its ``steps`` are then for inspection only.
     """
 
     score: float | None
@@ -36,7 +49,8 @@ class RewardOutput:
 
 @dataclass
 class RowFailure:
-    """A component that raised (or timed out) on one row; its value there is NaN."""
+    """A component that raised, timed out or was skipped (its earlier call still running) on one
+    row; its value there is NaN."""
 
     component: str
     row: int
@@ -52,7 +66,9 @@ class RewardResult:
     those rows are counted in ``num_unscored``). ``components``: each component's raw value per
     row, NaN where it returned None or failed. ``token_rewards``: weighted sum of dense token
     rewards per row (None where no component gave any). ``step_rewards``: raw (unweighted) step
-    spans per component that gave any, per row (None where absent).
+    spans per component that gave any, per row (None where absent). ``token_totals``: per component
+    that gave token rewards (or steps), the sum of its unweighted token rewards per row (NaN where
+    it gave none): a token-level component's per-completion value.
     """
 
     scores: list[float]
@@ -61,17 +77,20 @@ class RewardResult:
     step_rewards: dict[str, list[list[tuple[int, int, float]] | None]]
     failures: list[RowFailure]
     num_unscored: int = 0
+    token_totals: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass
 class Component:
-    """One reward inside ``combine``; ``fn`` may also be an import string "pkg.mod:attr"."""
+    """One reward inside ``combine``; ``fn`` may also be an import string "pkg.mod:attr".
+    ``timeout_s``: seconds per row for this component (None: combine's ``timeout_s``)."""
 
     fn: Callable | str
     weight: float = 1.0
     name: str | None = None
     pool: bool = False
     timeout_s: float | None = None
+    step_credit: Callable[[list[float]], list[float]] | None = None  # steps -> token rewards; None: as given
 
 
 def _as_score(value: Any) -> float | None:
@@ -113,18 +132,63 @@ def _add_tokens(total: list[float] | None, tokens: list[float], weight: float, r
     return [a + b for a, b in zip(total, scaled)]
 
 
+def _steps_to_tokens(out: RewardOutput | None, n_tokens: int | None, credit: Callable | None,
+                     name: str) -> RewardOutput | None:
+    """A row's steps as token rewards (the credited value on each step's last token) when the row
+    gave steps but no token rewards and its token count is known."""
+    if out is None or out.steps is None:
+        return out
+    if out.token_rewards is not None:
+        if credit is not None:  # a credit setting that would do nothing is a broken contract
+            raise RewardError(f"reward component {name!r} returns its own token_rewards, so its step_credit "
+                              "setting cannot apply; set the credit in the reward's own arguments")
+        return out
+    if n_tokens is None:  # no completion_ids: the spans cannot be placed
+        return out
+    credited = (credit or list)([v for _, _, v in out.steps])
+    dense = [0.0] * n_tokens
+    for (_, end, _), value in zip(out.steps, credited):
+        dense[end - 1] += float(value)
+    return replace(out, token_rewards=dense)
+
+
+def _check_seconds(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"{key} must be a positive, finite number of seconds, got {value!r}")
+    return float(value)
+
+
+def _rows_text(rows: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2, 5"."""
+    spans: list[list[int]] = []
+    for row in rows:
+        if spans and row == spans[-1][1] + 1:
+            spans[-1][1] = row
+        else:
+            spans.append([row, row])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
 class CombinedReward:
-    """A weighted sum of named reward components; itself a plain reward (``__call__``)."""
+    """A weighted sum of named reward components; itself a plain reward (``__call__``).
+
+    Time limits (module docstring): ``timeout_s`` per row, ``load_grace_s`` added to each
+    in-process component's first call."""
 
     def __init__(self, components: dict[str, Component], *, fail_fast: bool = False,
-                 num_workers: int = 2, timeout_s: float = 10.0):
+                 num_workers: int = 2, timeout_s: float = 10.0, load_grace_s: float = 60.0):
         if not components:
             raise ValueError("combine() needs at least one reward component")
         self.components = components
         self.fail_fast = fail_fast
         self.num_workers = num_workers
-        self.timeout_s = timeout_s
+        self.timeout_s = _check_seconds("rewards timeout_s", timeout_s)
+        if isinstance(load_grace_s, bool) or not isinstance(load_grace_s, (int, float)) or not (
+                0 <= load_grace_s < math.inf):
+            raise ValueError(f"load_grace_s must be a finite number of seconds >= 0, got {load_grace_s!r}")
+        self.load_grace_s = float(load_grace_s)
         self._pool: WorkerPool | None = None
+        self._threads: dict[str, CallThread] = {}
 
     @property
     def weights(self) -> dict[str, float]:
@@ -150,8 +214,9 @@ class CombinedReward:
                 except (TypeError, ValueError) as exc:
                     errors[i] = f"{type(exc).__name__}: {exc}"
                     outs.append(None)
-            for i in sorted(errors):
-                self._fail(result, name, i, errors[i], completions[i])
+            if errors:
+                self._report(result, name, errors, completions)
+            outs = [_steps_to_tokens(out, n_tokens[i], comp.step_credit, name) for i, out in enumerate(outs)]
             self._accumulate(result, applied, name, comp.weight, outs)
         result.num_unscored = applied.count(False)
         return result
@@ -169,40 +234,73 @@ class CombinedReward:
             if out is not None and out.token_rewards is not None:
                 result.token_rewards[i] = _add_tokens(
                     result.token_rewards[i], out.token_rewards, weight, i)
+                result.token_totals.setdefault(name, [math.nan] * len(outs))[i] = sum(out.token_rewards)
+                applied[i] = True
         result.components[name] = raw
         if any(out is not None and out.steps is not None for out in outs):
             result.step_rewards[name] = [None if out is None else out.steps for out in outs]
 
-    def _fail(self, result: RewardResult, name: str, row: int, error: str, text: str) -> None:
-        preview = text[:80].replace("\n", " ") + ("..." if len(text) > 80 else "")
-        first_line = (error.strip().splitlines() or [""])[0]
+    def _report(self, result: RewardResult, name: str, errors: dict[int, str],
+                completions: list[str]) -> None:
+        """Record the failed rows of one component (one warning naming it and the rows), or,
+        with ``fail_fast``, raise for the first."""
+        rows = sorted(errors)
+        previews = {}
+        for i in rows:
+            text = completions[i]
+            previews[i] = text[:80].replace("\n", " ") + ("..." if len(text) > 80 else "")
+        first = rows[0]
+        first_line = (errors[first].strip().splitlines() or [""])[0]
         if self.fail_fast:
-            raise RewardError(f"reward component {name!r} failed on row {row}: {first_line} "
-                              f"(completion: {preview!r})")
-        logger.warning("reward component %r failed on row %d: %s (completion: %r)",
-                       name, row, first_line, preview)
-        result.failures.append(RowFailure(name, row, error, preview))
+            raise RewardError(f"reward component {name!r} failed on row {first}: {first_line} "
+                              f"(completion: {previews[first]!r})")
+        if len(rows) == 1:
+            logger.warning("reward component %r failed on row %d: %s (completion: %r)",
+                           name, first, first_line, previews[first])
+        else:
+            logger.warning("reward component %r failed on rows %s (%d of %d, unscored); row %d: %s "
+                           "(completion: %r)", name, _rows_text(rows), len(rows), len(completions),
+                           first, first_line, previews[first])
+        result.failures.extend(RowFailure(name, i, errors[i], previews[i]) for i in rows)
+
+    def _call(self, name: str, comp: Component, completions: list[str],
+              columns: dict[str, list]) -> Any:
+        """One in-process call in the component's thread, under its time limit."""
+        per_row = comp.timeout_s if comp.timeout_s is not None else self.timeout_s
+        thread = self._threads.get(name)
+        limit = per_row * max(1, len(completions))
+        if thread is None:
+            thread = self._threads[name] = CallThread(name)
+            limit += self.load_grace_s
+        return thread.call(comp.fn, completions, columns, limit)
 
     def _run(self, name: str, comp: Component, completions: list[str],
              columns: dict[str, list]) -> tuple[list, dict[int, str]]:
         """Raw values per row plus ``{row: error}`` for the rows that failed."""
         if comp.pool:
             return self._run_pooled(name, comp, completions, columns)
+        n = len(completions)
         try:
-            values = call_reward(comp.fn, completions, columns)
+            values = self._call(name, comp, completions, columns)
         except RewardError:  # a broken contract (or a nested fail_fast) is not row-local
             raise
-        except Exception:  # noqa: BLE001 - isolate the failing rows below
+        except (CallTimeout, CallBusy) as exc:
+            return [None] * n, dict.fromkeys(range(n), f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - isolate the failing rows below
+            logger.warning("reward component %r raised on its batch of %d rows (%s: %s); "
+                           "scoring the rows one by one", name, n, type(exc).__name__, exc)
             return self._run_rows(name, comp, completions, columns)
-        return check_values(name, values, len(completions)), {}
+        return check_values(name, values, n), {}
 
     def _run_rows(self, name: str, comp: Component, completions: list[str],
                   columns: dict[str, list]) -> tuple[list, dict[int, str]]:
         values, errors = [None] * len(completions), {}  # row values; {row: error}
         for i, text in enumerate(completions):
             try:
-                out = call_reward(comp.fn, [text], row_columns(columns, i))
-            except Exception as exc:  # noqa: BLE001 - becomes a RowFailure
+                out = self._call(name, comp, [text], row_columns(columns, i))
+            except RewardError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - becomes a RowFailure (timeouts too)
                 errors[i] = f"{type(exc).__name__}: {exc}"
                 if self.fail_fast:
                     break
@@ -283,15 +381,24 @@ class CombinedReward:
             loader(sub)
 
     def close(self) -> None:
-        """Stop the worker processes (the pool restarts lazily if used again) and close the
-        components that have ``close()``."""
+        """Stop the worker processes and the components' call threads (both restart lazily if
+        used again; a thread busy with an abandoned call is left to end on its own) and close
+        the components that have ``close()``."""
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+        for thread in self._threads.values():
+            thread.close()
+        self._threads = {}
         for comp in self.components.values():
             close = getattr(comp.fn, "close", None)
             if callable(close):
                 close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_pool"], state["_threads"] = None, {}  # processes and threads stay here
+        return state
 
     def __enter__(self) -> CombinedReward:
         return self
@@ -316,19 +423,24 @@ def _as_component(name: str, spec: Any) -> Component:
     comp.weight = float(comp.weight)
     if not math.isfinite(comp.weight):
         raise ValueError(f"reward {name!r} has a non-finite weight {comp.weight}")
+    if comp.timeout_s is not None:
+        comp.timeout_s = _check_seconds(f"reward {name!r}: timeout_s", comp.timeout_s)
     if comp.pool:
         check_picklable(comp.fn, name)
     return comp
 
 
 def combine(*, fail_fast: bool = False, num_workers: int = 2, timeout_s: float = 10.0,
-            **components: Any) -> CombinedReward:
+            load_grace_s: float = 60.0, **components: Any) -> CombinedReward:
     """Combine named rewards into one weighted reward.
 
     Each keyword value is a callable, an import string, a ``(callable, weight)`` tuple or a
     ``Component``; the keyword is the component's name (``reward/<name>`` in the logs).
-    ``timeout_s`` and ``num_workers`` apply to ``pool=True`` components.
+    ``timeout_s``: seconds per row for every component without its own ``Component.timeout_s``
+    (a ``pool=True`` row in its worker; an in-process call on n rows gets ``n * timeout_s``,
+    plus ``load_grace_s`` on the component's first call). ``num_workers``: worker processes
+    of the ``pool=True`` components.
     """
     built = {name: _as_component(name, spec) for name, spec in components.items()}
     return CombinedReward(built, fail_fast=fail_fast, num_workers=num_workers,
-                          timeout_s=timeout_s)
+                          timeout_s=timeout_s, load_grace_s=load_grace_s)

@@ -19,6 +19,7 @@ import select
 import subprocess
 import sys
 import threading
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,10 @@ _NUMBER_FORMS = (
     re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$"),
 )
 _FRAC_RE = re.compile(r"^([+-]?)\\frac\{?([^{}]+?)\}?\{?([^{}]+?)\}?$")
+_EXPONENT_RE = re.compile(r"[eE]([+-]?\d+)$")
 MAX_ANSWER_CHARS = 1000
+MAX_EXPONENT = 400  # "1e999999" is no plain number here (exact arithmetic on it would be slow)
+REL_TOL = Fraction(1, 10**6)  # spec section 9: non-integral numbers agree within 1e-6 relative
 HELPER_START_S = 60.0
 
 
@@ -109,13 +113,17 @@ def _clean(answer: Any) -> str:
     return s.rstrip(".").strip()
 
 
-def _to_number(s: str) -> tuple[float, bool] | None:
-    """``(value, is_percent)`` for ints, decimals, 1,234, a/b, \\frac{a}{b} and x%."""
+def _to_number(s: str) -> tuple[Fraction, bool] | None:
+    """``(value, is_percent)`` for ints, decimals, 1,234, a/b, \\frac{a}{b} and x%, as an exact
+    ``Fraction`` (a decimal string is read exactly: "0.1" is 1/10, "70000.0" is 70000)."""
     s = s.replace(" ", "")
     percent = s.endswith("%")
     s = s.rstrip("%")
     if any(form.match(s) for form in _NUMBER_FORMS):
-        return float(s.replace(",", "")), percent
+        exponent = _EXPONENT_RE.search(s)
+        if exponent and abs(int(exponent.group(1))) > MAX_EXPONENT:
+            return None
+        return Fraction(s.replace(",", "")), percent
     frac = _FRAC_RE.match(s)
     parts = (frac.group(1), frac.group(2), frac.group(3)) if frac else None
     if parts is None and s.count("/") == 1:
@@ -131,13 +139,25 @@ def _to_number(s: str) -> tuple[float, bool] | None:
     return (-value if parts[0] == "-" else value), percent
 
 
+def numbers_equal(a: Fraction, b: Fraction) -> bool:
+    """Spec section 9: two integral values are equal only when they are the same integer (70001 is
+    not 70000, whatever their size; "70000.0" is 70000); otherwise equal within a relative
+    tolerance of 1e-6, ``|a - b| <= 1e-6 * max(|a|, |b|)``, boundary included, in exact
+    arithmetic (so 0.333333 and 1/3, exactly 1e-6 apart relatively, are equal, and 0.33333 and
+    1/3 are not; floats would decide such boundary cases by rounding)."""
+    if a.denominator == 1 and b.denominator == 1:
+        return a == b
+    return abs(a - b) <= REL_TOL * max(abs(a), abs(b))
+
+
 def is_equivalent(pred: Any, gold: Any, timeout_s: float = 5.0) -> bool:
     """True when ``pred`` and ``gold`` denote the same answer; never raises.
 
     Numbers (ints, decimals, thousands commas, ``a/b``, ``\\frac{a}{b}``, percentages, where
-    ``50%`` matches both ``50`` and ``0.5``) compare with 1e-6 absolute / 1e-4 relative
-    tolerance. Anything else is compared symbolically (math-verify, else sympy) in a helper
-    process killed after ``timeout_s`` seconds; a timeout counts as not equivalent.
+    ``50%`` matches both ``50`` and ``0.5``) compare exactly when both are integral and within a
+    relative tolerance of 1e-6 otherwise (``numbers_equal``; spec section 9). Anything else is
+    compared symbolically (math-verify, else sympy) in a helper process killed after
+    ``timeout_s`` seconds; a timeout counts as not equivalent.
     """
     try:
         p, g = _clean(pred), _clean(gold)
@@ -149,8 +169,7 @@ def is_equivalent(pred: Any, gold: Any, timeout_s: float = 5.0) -> bool:
         if pn is not None and gn is not None:
             p_values = {pn[0], pn[0] / 100} if pn[1] else {pn[0]}
             g_values = {gn[0], gn[0] / 100} if gn[1] else {gn[0]}
-            return any(math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6)
-                       for a in p_values for b in g_values)
+            return any(numbers_equal(a, b) for a in p_values for b in g_values)
         if len(p) > MAX_ANSWER_CHARS or len(g) > MAX_ANSWER_CHARS:
             return False
         return _HELPER.check(p, g, timeout_s)

@@ -1,5 +1,15 @@
-"""Running reward functions: loading them by name, in-process calls (sync or async) and a
-process pool.
+"""Running reward functions: loading them by name, in-process calls (sync or async) under a
+time limit, and a process pool.
+
+In-process calls (``CallThread``): each component of ``combine()`` that is not pooled runs its
+calls in a daemon thread of its own, one call at a time, and the caller waits at most the call's
+time limit. A sync function that runs past it cannot be stopped from outside: the caller stops
+waiting, the call is abandoned (it goes on in its thread, which stays busy) and the component's
+next calls are refused at once (``CallBusy``) until that call has ended; nothing piles up and
+training goes on. An ``async def`` reward is awaited in that thread's own event loop and
+cancelled at the limit (as ``asyncio.wait_for`` does), so it normally ends cleanly. The thread
+inherits the caller's torch grad mode, inference mode and current CUDA device (when torch is
+loaded), so a reward sees the state it would see in the caller's thread.
 
 Process pool: for CPU-heavy reward functions, with a hard time limit per row.
 Each row runs in a worker process started with the ``spawn`` method (safe next to CUDA and
@@ -17,11 +27,16 @@ Protocol (parent -> worker): ``send_bytes(pickle.dumps((fn, completions, columns
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import inspect
 import multiprocessing
 import multiprocessing.connection as mpc
+import os
 import pickle
+import queue
+import sys
+import threading
 import time
 import traceback
 import weakref
@@ -79,7 +94,8 @@ def load_callable(spec: str) -> Any:
 
 
 def call_reward(fn: Callable, completions: list[str], columns: dict[str, list]) -> Any:
-    """Call a sync or async reward; an event loop running in this thread is left alone."""
+    """Call a sync or async reward without a time limit (the pool's workers use it: the parent
+    kills them at the limit); an event loop running in this thread is left alone."""
     out = fn(completions, **columns)
     if not inspect.isawaitable(out):
         return out
@@ -89,6 +105,135 @@ def call_reward(fn: Callable, completions: list[str], columns: dict[str, list]) 
         return asyncio.run(_await(out))
     with ThreadPoolExecutor(max_workers=1) as executor:
         return executor.submit(asyncio.run, _await(out)).result()
+
+
+class CallTimeout(Exception):
+    """An in-process reward call ran past its time limit (its rows are unscored)."""
+
+
+class CallBusy(Exception):
+    """A component's earlier call, abandoned after its time limit, is still running."""
+
+
+def _torch_thread_state() -> tuple | None:
+    """The caller thread's torch state that is per thread: grad mode, inference mode, CUDA device
+    (None when torch is not loaded; this module never imports it)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not hasattr(torch, "is_grad_enabled"):
+        return None
+    device = None
+    with contextlib.suppress(Exception):
+        if torch.cuda.is_initialized():
+            device = torch.cuda.current_device()
+    return torch.is_grad_enabled(), torch.is_inference_mode_enabled(), device
+
+
+@contextlib.contextmanager
+def _thread_state(state: tuple | None):
+    if state is None:
+        yield
+        return
+    torch = sys.modules["torch"]
+    grad, inference, device = state
+    if device is not None:
+        torch.cuda.set_device(device)
+    with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+        yield
+
+
+async def _within(awaitable: Any, started: float, timeout_s: float) -> Any:
+    """Await ``awaitable`` until ``started + timeout_s``; then cancel it (as asyncio.wait_for does,
+    but a TimeoutError the reward raises itself stays the reward's error)."""
+    task = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait({task}, timeout=max(0.0, started + timeout_s - time.monotonic()))
+    if task not in done:
+        task.cancel()
+        raise CallTimeout(f"timed out after {timeout_s:g} s (the coroutine was cancelled)")
+    return task.result()
+
+
+class _Job:
+    """One call handed to a ``CallThread``; ``done`` is set when it has ended, however."""
+
+    def __init__(self, fn: Callable, completions: list, columns: dict, timeout_s: float):
+        self.fn, self.completions, self.columns, self.timeout_s = fn, completions, columns, timeout_s
+        self.state = _torch_thread_state()
+        self.started = time.monotonic()
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with _thread_state(self.state):
+                out = self.fn(self.completions, **self.columns)
+                if inspect.isawaitable(out):
+                    out = asyncio.run(_within(out, self.started, self.timeout_s))
+            self.result = out
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, which decides
+            self.error = exc
+        finally:
+            self.done.set()
+
+
+class CallThread:
+    """Runs one reward component's in-process calls in a daemon thread, one call at a time, each
+    under a time limit (module docstring).
+
+    ``call`` returns the function's value or raises what it raised; ``CallTimeout`` when the
+    limit passed first (a sync call is then abandoned: Python cannot stop a thread, so it runs
+    on and keeps this thread busy; an async call is cancelled), and ``CallBusy`` while an
+    abandoned call is still running. The thread is a daemon, so a hung call never blocks the
+    interpreter's exit.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+        self._start()
+
+    def _start(self) -> None:
+        self._pid = os.getpid()
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._current: _Job | None = None
+        self._thread = threading.Thread(target=self._loop, args=(self._jobs,), name=f"reward:{self.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _loop(jobs: queue.SimpleQueue) -> None:
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            job.run()
+
+    @property
+    def busy(self) -> bool:
+        """True while a call (an abandoned one, between calls) is running."""
+        return self._current is not None and not self._current.done.is_set()
+
+    def call(self, fn: Callable, completions: list, columns: dict, timeout_s: float) -> Any:
+        if self._pid != os.getpid():  # a forked child has no copy of the thread: start its own
+            self._start()
+        if self.busy:
+            held = time.monotonic() - self._current.started
+            raise CallBusy(f"not called: its call that started {held:.1f} s ago, abandoned at its time "
+                           "limit, is still running")
+        job = _Job(fn, completions, columns, timeout_s)
+        self._current = job
+        self._jobs.put(job)
+        if not job.done.wait(timeout_s):
+            raise CallTimeout(f"timed out after {timeout_s:g} s (the call is abandoned in its thread; "
+                              "the component is skipped until it ends)")
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def close(self) -> None:
+        """Let the thread end after its current call (an abandoned call is not waited for)."""
+        self._jobs.put(None)
+        if not self.busy:
+            self._thread.join(timeout=1.0)
 
 
 def row_columns(columns: dict[str, list], i: int) -> dict[str, list]:

@@ -54,8 +54,8 @@ class ImplicitPRM:
 
     def attach(self, context) -> None:
         """Build the PRM's backend (from the run's config: its backend kind, device, dtype and
-        autocast; this module's model, lr and gradient clip; no LoRA, KL or entropy) and load the
-        frozen reference."""
+        autocast; this module's model, lr and gradient clip; no LoRA, KL or entropy; temperature 1)
+        and load the frozen reference."""
         from rlkit.dist import make_backend
         from rlkit.models import load_causal_lm
 
@@ -66,7 +66,9 @@ class ImplicitPRM:
         train = dataclasses.replace(cfg.train, lr=self.lr, grad_clip=self.grad_clip, lr_schedule="constant",
                                     warmup_steps=0, skip_zero_advantage=False)
         algo = dataclasses.replace(cfg.algo, kl_coef=0.0, entropy_coef=0.0)
-        prm_cfg = dataclasses.replace(cfg, model=model, train=train, algo=algo)
+        # the implicit PRM scores softmax(logits) like its frozen reference, whatever the sampling temperature
+        rollout = dataclasses.replace(cfg.rollout, temperature=1.0)
+        prm_cfg = dataclasses.replace(cfg, model=model, train=train, algo=algo, rollout=rollout)
         self.micro_batch_size = self.micro_batch_size or cfg.train.micro_batch_size
         self.backend = make_backend(prm_cfg, cfg.train.steps)
         self.ref_model = load_causal_lm(self.backend.model_path, cfg.model.dtype, str(self.backend.device))

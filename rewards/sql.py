@@ -4,15 +4,18 @@ A completion holds its reasoning and then the SQL, in a final ```sql fenced bloc
 ``<answer>`` tags. The partial rewards (default weights in brackets):
 
 - execution (3): the predicted and gold SQL give equal results on the row's SQLite database
-  (``execution_match``: multisets of rows; lists when the gold query has a top-level ORDER BY);
+  (``execution_match``: multisets of rows; lists when the gold query has a top-level ORDER BY;
+  the strict reading: columns in the order returned, DISTINCT as written; Spider's official
+  reading, which ``rlkit eval`` reports, is in ``rewards.sql_exec``);
 - judge (2, optional): a judge model grades the SQL in [0, 1]; asked only when execution fails;
 - syntax (1): the predicted SQL runs without error (``syntax_ok``);
 - schema (1): Jaccard (or recall) of the tables and columns used (``schema_linking``);
 - ngram (1): Jaccard of word bigrams of the normalised SQL (``ngram_similarity``);
 - format (1): the answer markers appear once each, nothing after the last (``format_ok``).
 
-Every query goes through ``rewards.sql_sandbox`` (read-only, time-limited, crash-isolated).
-No torch import here.
+Every query goes through ``rewards.sql_sandbox`` (read-only, time-limited, crash-isolated); a
+result over the sandbox's row cap is run again in full (``rewards.sql_exec.in_full``, up to
+``FULL_MAX_ROWS`` rows). No torch import here.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from collections.abc import Callable
 from typing import Any, Self
 
 from rewards.pool import load_callable
+from rewards.sql_exec import check_db as _check_db, check_gold as _check_gold, in_full
 from rewards.sql_sandbox import ExecResult, SQLSandbox, default_sandbox, results_equal
 
 logger = logging.getLogger("rewards.sql")
@@ -139,33 +143,25 @@ def _order_by_outside_parentheses(sql: str) -> bool:
     return any(a == "order" and b == "by" for a, b in itertools.pairwise(flat))
 
 
-def _check_db(db_path: Any) -> None:
-    if db_path is None or not os.path.isfile(db_path):
-        raise FileNotFoundError(f"SQLite database not found: {db_path}")
-
-
-def _check_gold(gold: ExecResult, gold_sql: str, db_path: Any) -> None:
-    if not gold.ok:
-        raise ValueError(f"the gold SQL query fails on database {db_path}: {gold.error} "
-                         f"(query: {gold_sql!r})")
-
-
 def execution_match(pred_sql: str, gold_sql: str, db_path: str | os.PathLike, timeout_s: float = 10.0) -> bool:
     """True when the predicted SQL returns the gold query's result on ``db_path``.
 
-    Results compare as multisets of row tuples (duplicates count, column order as returned,
-    floats to 9 significant digits); as lists when the gold query has a top-level ORDER BY. An
-    error, a timeout or a truncated result of the prediction gives False; a gold query that fails
-    raises ValueError naming the query and the database, a missing database FileNotFoundError.
-    Runs in the default sandbox.
+    The strict reading (``rewards.sql_exec``): results compare as multisets of row tuples
+    (duplicates count, column order as returned, floats to 9 significant digits); as lists when
+    the gold query has a top-level ORDER BY. A result over the sandbox's row cap is run again and
+    compared in full (only one longer than ``rewards.sql_exec.FULL_MAX_ROWS`` still gives False).
+    An error or a timeout of the prediction gives False; a gold query that fails raises
+    ValueError naming the query and the database, a missing database FileNotFoundError. Runs in
+    the default sandbox.
     """
     _check_db(db_path)
     if not isinstance(pred_sql, str) or not pred_sql.strip():
         return False
     sandbox = default_sandbox()
-    gold = sandbox.gold(gold_sql, db_path, timeout_s)
+    gold = in_full(sandbox, [(gold_sql, db_path)], [sandbox.gold(gold_sql, db_path, timeout_s)], timeout_s,
+                   gold=True)[0]
     _check_gold(gold, gold_sql, db_path)
-    pred = sandbox.run(pred_sql, db_path, timeout_s)
+    pred = in_full(sandbox, [(pred_sql, db_path)], [sandbox.run(pred_sql, db_path, timeout_s)], timeout_s)[0]
     return results_equal(pred, gold, ordered=has_top_level_order_by(gold_sql))
 
 
@@ -355,14 +351,16 @@ class SQLReward:
             raise ValueError(f"SQLReward: columns must have one entry per completion ({n})")
         preds = [extract_sql(c) for c in completions]
         rows = self._applicable(golds, dbs)
-        gold_results = dict(zip(rows, self.sandbox.gold_many([(golds[i], dbs[i]) for i in rows])))
+        gold_items = [(golds[i], dbs[i]) for i in rows]
+        gold_results = dict(zip(rows, in_full(self.sandbox, gold_items, self.sandbox.gold_many(gold_items), gold=True)))
         for i in list(rows):
             if not gold_results[i].ok:
                 logger.warning("SQLReward row %d skipped: the gold query fails on %s: %s (query: %r)",
                                i, dbs[i], gold_results[i].error, golds[i])
                 rows.remove(i)
         to_run = [i for i in rows if preds[i] is not None]
-        pred_results = dict(zip(to_run, self.sandbox.run_many([(preds[i], dbs[i]) for i in to_run])))
+        pred_items = [(preds[i], dbs[i]) for i in to_run]
+        pred_results = dict(zip(to_run, in_full(self.sandbox, pred_items, self.sandbox.run_many(pred_items))))
         out: list[float | None] = [None] * n
         self.last_rows = [None] * n
         for i in rows:
@@ -448,10 +446,13 @@ def execution_accuracy(completions: list[str], gold_sql: list[str | None] | None
     sandbox = default_sandbox()
     out: list[float | None] = [None] * len(completions)
     rows = [i for i, (g, d) in enumerate(zip(gold_sql, db_path)) if g and d and os.path.isfile(d)]
-    golds = dict(zip(rows, sandbox.gold_many([(gold_sql[i], db_path[i]) for i in rows], timeout_s=timeout_s)))
+    gold_items = [(gold_sql[i], db_path[i]) for i in rows]
+    golds = dict(zip(rows, in_full(sandbox, gold_items, sandbox.gold_many(gold_items, timeout_s=timeout_s),
+                                   timeout_s, gold=True)))
     preds = {i: extract_sql(completions[i]) for i in rows if golds[i].ok}
-    ran = dict(zip([i for i, p in preds.items() if p], sandbox.run_many(
-        [(p, db_path[i]) for i, p in preds.items() if p], timeout_s=timeout_s)))
+    pred_items = [(p, db_path[i]) for i, p in preds.items() if p]
+    ran = dict(zip([i for i, p in preds.items() if p],
+                   in_full(sandbox, pred_items, sandbox.run_many(pred_items, timeout_s=timeout_s), timeout_s)))
     for i in preds:
         out[i] = float(i in ran and results_equal(ran[i], golds[i], ordered=has_top_level_order_by(gold_sql[i])))
     return out

@@ -24,8 +24,9 @@ process of a ``rewards.pool.WorkerPool`` (spawn start method); a worker that has
 that row alone gets an error result. A worker that crashes (segfault, out of memory) likewise
 costs its row only. The worker also sets SQLite's process-wide ``hard_heap_limit``.
 
-Bounded results. At most ``max_rows`` rows are fetched (``truncated`` reports more); bytes that
-are not valid UTF-8 in TEXT values are decoded with replacement characters instead of raising.
+Bounded results. At most ``max_rows`` rows are fetched (``truncated`` reports more; a call may ask
+for another cap, as ``rewards.sql_exec.in_full`` does to compare a truncated result in full); bytes
+that are not valid UTF-8 in TEXT values are decoded with replacement characters instead of raising.
 
 Each worker keeps its read-only connections open between queries (an LRU of ``WORKER_DBS``
 databases, reopened when the file's size or modification time changes). Gold results are cached
@@ -288,19 +289,21 @@ class SQLSandbox:
     def pids(self) -> list[int]:
         return [] if self._pool is None else self._pool.pids
 
-    def run(self, sql: str, db_path: str | os.PathLike, timeout_s: float | None = None) -> ExecResult:
+    def run(self, sql: str, db_path: str | os.PathLike, timeout_s: float | None = None, *,
+            max_rows: int | None = None) -> ExecResult:
         """Run one query (no cache)."""
-        return self.run_many([(sql, db_path)], timeout_s)[0]
+        return self.run_many([(sql, db_path)], timeout_s, max_rows=max_rows)[0]
 
     def run_many(self, items: Sequence[tuple[str, str | os.PathLike]], timeout_s: float | None = None,
-                 *, _faults: Sequence[str | None] | None = None) -> list[ExecResult]:
+                 *, max_rows: int | None = None, _faults: Sequence[str | None] | None = None) -> list[ExecResult]:
         """Run ``(sql, db_path)`` pairs in parallel over the workers; one result per pair, in order.
 
         A missing database or a non-string query is an error result without a worker; a row whose
-        worker hangs or dies gets an error result and its worker is replaced. ``_faults`` is a
-        test hook ("crash" or "hang" per row).
+        worker hangs or dies gets an error result and its worker is replaced. ``max_rows`` replaces
+        the sandbox's cap for this call. ``_faults`` is a test hook ("crash" or "hang" per row).
         """
         timeout = self.timeout_s if timeout_s is None else float(timeout_s)
+        cap = self.max_rows if max_rows is None else int(max_rows)
         results: list[ExecResult | None] = [None] * len(items)
         todo: list[int] = []
         for i, (sql, db_path) in enumerate(items):
@@ -313,7 +316,7 @@ class SQLSandbox:
         if todo:
             faults = _faults or [None] * len(items)
             rows = [([items[i][0]], {"db_path": [os.path.realpath(items[i][1])], "timeout_s": [timeout],
-                                     "max_rows": [self.max_rows], "heap_limit_mb": [self.memory_mb],
+                                     "max_rows": [cap], "heap_limit_mb": [self.memory_mb],
                                      "fault": [faults[i]]}) for i in todo]
             with self._lock:
                 self.executions += len(rows)
@@ -336,17 +339,20 @@ class SQLSandbox:
 
     # gold cache
 
-    def gold(self, sql: str, db_path: str | os.PathLike, timeout_s: float | None = None) -> ExecResult:
+    def gold(self, sql: str, db_path: str | os.PathLike, timeout_s: float | None = None, *,
+             max_rows: int | None = None) -> ExecResult:
         """Run a gold query through the cache."""
-        return self.gold_many([(sql, db_path)], timeout_s)[0]
+        return self.gold_many([(sql, db_path)], timeout_s, max_rows=max_rows)[0]
 
     def gold_many(self, items: Sequence[tuple[str, str | os.PathLike]],
-                  timeout_s: float | None = None) -> list[ExecResult]:
-        """``run_many`` through the gold cache: each distinct missing (query, database) runs once.
+                  timeout_s: float | None = None, *, max_rows: int | None = None) -> list[ExecResult]:
+        """``run_many`` through the gold cache: each distinct missing (query, database, row cap)
+        runs once.
 
         Cached: successful results and deterministic errors; never timeouts or lost workers.
         """
-        keys = [self._key(sql, db) for sql, db in items]
+        cap = self.max_rows if max_rows is None else int(max_rows)
+        keys = [self._key(sql, db, cap) for sql, db in items]
         results: list[ExecResult | None] = [None] * len(items)
         missing: dict[tuple, list[int]] = {}
         with self._lock:
@@ -360,7 +366,7 @@ class SQLSandbox:
                     missing.setdefault(key if key is not None else ("row", i), []).append(i)
             self.cache_misses += len(missing)
         order = list(missing)
-        outs = self.run_many([items[missing[k][0]] for k in order], timeout_s)
+        outs = self.run_many([items[missing[k][0]] for k in order], timeout_s, max_rows=cap)
         with self._lock:
             for key, out in zip(order, outs):
                 for i in missing[key]:
@@ -373,11 +379,11 @@ class SQLSandbox:
         return results  # type: ignore[return-value]
 
     @staticmethod
-    def _key(sql: Any, db_path: Any) -> tuple | None:
+    def _key(sql: Any, db_path: Any, max_rows: int) -> tuple | None:
         if not isinstance(sql, str) or db_path is None:
             return None
         try:
-            return (*file_signature(db_path), sql)
+            return (*file_signature(db_path), sql, max_rows)
         except OSError:
             return None
 

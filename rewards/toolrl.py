@@ -19,7 +19,12 @@ Decisions where the spec leaves room (the literal reading is taken throughout):
   mentions "<tool_call>" in prose gets format 0. The blocks must come in the order think,
   tool_call, response, joined by exactly one "\\n" (``</think>\\n<tool_call>``,
   ``</tool_call>\\n<response>``); the text must start with ``<think>`` and end with the last
-  closing tag. Block contents are free (empty allowed, newlines allowed).
+  closing tag. The think and response contents are free (empty allowed, newlines allowed); the
+  tool-call block is not (spec section 6, the ToolRL authors' layout): ``<tool_call>`` alone on
+  its line, then one JSON object per line (each line, as a whole, parses to a JSON object),
+  then ``</tool_call>`` alone on its line; so ``<tool_call>{...}</tool_call>`` on one line, a
+  blank line inside the block, an empty block or a call spread over several lines score format
+  0. Whether the objects are well-formed calls is the business of correctness.
 - The layout of the ground truth is read robustly, because references can mention tags in
   their think text (4% of ToolRL's rlla_sft.json do): the reference's blocks are ``think``
   plus ``tool_call`` / ``response`` when that opening tag occurs *after the reference's first
@@ -64,7 +69,8 @@ from typing import Any
 
 TAGS = ("think", "tool_call", "response")
 _TAG_STRINGS = tuple(s for t in TAGS for s in (f"<{t}>", f"</{t}>"))
-_LAYOUT_RE = re.compile(r"<think>.*</think>(\n<tool_call>.*</tool_call>)?(\n<response>.*</response>)?", re.DOTALL)
+_LAYOUT_RE = re.compile(r"<think>.*</think>(\n<tool_call>\n(.*)\n</tool_call>)?(\n<response>.*</response>)?",
+                        re.DOTALL)
 CORRECTNESS_MAX = 3.0
 SCALE_STEPS = 150.0  # the s/150 of the spec's dynamic scaling
 
@@ -86,14 +92,26 @@ def multiset_match(a: Iterable[Hashable], b: Iterable[Hashable]) -> float:
     return common / (na + nb - common)
 
 
+def _json_object_lines(block: str) -> bool:
+    """True when every line of ``block`` is one JSON object (no blank line, at least one line)."""
+    for line in block.split("\n"):
+        try:
+            if not isinstance(json.loads(line), dict):
+                return False
+        except ValueError:
+            return False
+    return True
+
+
 def format_layout(text: str) -> tuple[str, ...] | None:
     """The blocks of a well-formed completion, e.g. ``("think", "tool_call")``; None otherwise.
 
     The text is stripped first. Well-formed (spec section 6): ``<think>…</think>``, then
-    optionally ``\\n<tool_call>…</tool_call>``, then optionally ``\\n<response>…</response>``,
-    nothing before or after, exactly one newline between blocks, and every tag string occurring
-    exactly once if its block is present and never otherwise (counted over the whole text,
-    think contents included).
+    optionally ``\\n<tool_call>\\n`` + one JSON object per line + ``\\n</tool_call>`` (no blank
+    line, nothing else on the tag lines), then optionally ``\\n<response>…</response>``, nothing
+    before or after, exactly one newline between blocks, and every tag string occurring exactly
+    once if its block is present and never otherwise (counted over the whole text, think
+    contents included).
     """
     text = text.strip()
     if any(text.count(tag) > 1 for tag in _TAG_STRINGS):
@@ -101,7 +119,11 @@ def format_layout(text: str) -> tuple[str, ...] | None:
     match = _LAYOUT_RE.fullmatch(text)
     if match is None:
         return None
-    layout = ("think",) + tuple(tag for tag, group in zip(TAGS[1:], match.groups()) if group is not None)
+    tool_block, calls, response_block = match.groups()
+    if tool_block is not None and not _json_object_lines(calls):
+        return None
+    layout = ("think",) + tuple(tag for tag, group in zip(TAGS[1:], (tool_block, response_block))
+                                if group is not None)
     present = {t for t in TAGS if f"<{t}>" in text or f"</{t}>" in text}
     return layout if present == set(layout) else None
 

@@ -26,7 +26,8 @@ Atomicity: every file is written and fsync'ed inside ``checkpoints/.tmp-step_<N>
 folder is renamed to its final name. A crash or SIGKILL at any point leaves the earlier
 checkpoints intact and at worst a ``.tmp-*`` folder, which ``latest_checkpoint`` ignores and
 the next save deletes. Pruned checkpoints are renamed to ``.trash-*`` before deletion, so no
-half-deleted folder ever keeps a ``step_<N>`` name.
+half-deleted folder ever keeps a ``step_<N>`` name. Exports (``final/``, ``best/``: the backends'
+``save_pretrained``) are written the same way, by ``atomic_folder``.
 
 Exactness: with ``rollout.backend=hf`` sampling draws from torch's global RNG, so restoring the
 RNG states (after every component is built) makes a resumed run repeat the uninterrupted one
@@ -41,12 +42,15 @@ for vLLM bitwise equal rollouts are likely on CPU but not promised (GPU kernels,
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import time
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import yaml
@@ -176,14 +180,12 @@ def save_checkpoint(run_dir: str | Path, step: int, backend, sampler, reward, cf
                     "backend": cfg.backend.name, "world_size": backend.world_size}
             write_file(tmp / "trainer_state.json", json.dumps(meta, indent=2))
             write_file(tmp / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        fsync_tree(tmp)  # what the backends wrote themselves (DeepSpeed's shards, critic/, reward_state/)
         backend.barrier()  # every rank's files are on disk before the marker says so
         if backend.is_main:
             write_file(tmp / MARKER, f"{step}\n")
             _fsync(tmp)
-            if final.exists():  # the same step saved again: swap the old one out first
-                _discard(final)
-            os.replace(tmp, final)
-            _fsync(root)
+            swap_in(tmp, final)  # the same step saved again: exchanged with the old one
     except BaseException:
         if backend.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -219,6 +221,74 @@ def _remove_leftovers(root: Path) -> None:
     for path in root.iterdir():
         if path.name.startswith((".tmp-", ".trash-")):
             shutil.rmtree(path, ignore_errors=True)
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file under ``folder``, then every folder below it (deepest first) and itself."""
+    for dirpath, _, filenames in os.walk(folder, topdown=False):
+        for name in filenames:
+            _fsync(Path(dirpath, name))
+        _fsync(Path(dirpath))
+
+
+def swap_in(tmp: Path, final: Path) -> None:
+    """Rename the finished folder ``tmp`` to ``final``.  An existing ``final`` is exchanged with
+    ``tmp`` in one step where the system can (Linux ``renameat2(RENAME_EXCHANGE)``), so a crash
+    leaves ``final`` old or new, never missing; elsewhere it is renamed to ``.trash-*`` first
+    (a crash between the two renames leaves it whole under that name).  Then deleted."""
+    tmp, final = Path(tmp), Path(final)
+    if final.exists():
+        if _exchange(tmp, final):  # tmp now holds the old folder
+            _fsync(final.parent)
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        trash = final.with_name(f".trash-{final.name}-{uuid.uuid4().hex[:8]}")
+        os.replace(final, trash)
+        os.replace(tmp, final)
+        _fsync(final.parent)
+        shutil.rmtree(trash, ignore_errors=True)
+        return
+    os.replace(tmp, final)
+    _fsync(final.parent)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically exchange two paths (Linux renameat2 with RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Write the folder ``path`` all at once, as checkpoints are (exports: ``final/``, ``best/``).
+
+    Yields an empty sibling ``.tmp-<name>-<id>`` to write into; when the block ends, every file
+    in it is fsynced and it replaces ``path`` (``swap_in``).  If the block raises, it is
+    deleted and ``path`` is left as it was; a process killed in the block leaves only the
+    hidden ``.tmp-*`` folder, which the next write of the same ``path`` deletes.
+    """
+    path = Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    leftover = re.compile(rf"\.(tmp|trash)-{re.escape(path.name)}-[0-9a-f]{{8}}")
+    for old in path.parent.iterdir():
+        if leftover.fullmatch(old.name):
+            shutil.rmtree(old, ignore_errors=True)
+    tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        fsync_tree(tmp)
+        swap_in(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _fsync(path: Path) -> None:

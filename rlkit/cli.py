@@ -65,8 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         from rlkit.rollout.vllm_server import serve_command
 
         model = resolve_model_path(args.model or "embedded:smollm2-135m-instruct")
-        command, env = serve_command(model, args.host, args.port, args.dtype, args.gpu_memory_utilization,
-                                     args.max_model_len, extra)
+        try:
+            command, env = serve_command(model, args.host, args.port, args.dtype, args.gpu_memory_utilization,
+                                         args.max_model_len, extra)
+        except ValueError as exc:
+            print(f"rlkit: {exc}", file=sys.stderr)
+            return 2
         print(" ".join(command), flush=True)
         os.execve(command[0], command, env)
     if args.command == "train-prm":
@@ -114,13 +118,21 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("RANK", "0") != "0":
         return _leave_distributed(0)
     minutes = (time.perf_counter() - started) / 60
-    before = summary.get("eval_before", {}).get("eval/accuracy")
-    after = summary.get("eval_after", {}).get("eval/accuracy")
-    line = f"done in {minutes:.1f} min; run folder {cfg.train.output_dir}"
-    if before is not None and after is not None:
-        line += f"; held-out accuracy {before:.1%} -> {after:.1%} ({(after - before) * 100:+.1f} points)"
-    print(line)
+    print(f"done in {minutes:.1f} min; run folder {cfg.train.output_dir}" + heldout_summary(summary))
     return _leave_distributed(0)
+
+
+def heldout_summary(summary: dict) -> str:
+    """The held-out change for the closing line: accuracy where the accuracy component is 0/1,
+    else the mean reward on its own scale (a judge's 0-10 is no percentage)."""
+    before, after = summary.get("eval_before", {}), summary.get("eval_after", {})
+    if "eval/accuracy" in before and "eval/accuracy" in after:
+        b, a = before["eval/accuracy"], after["eval/accuracy"]
+        return f"; held-out accuracy {b:.1%} -> {a:.1%} ({(a - b) * 100:+.1f} points)"
+    if "eval/reward" in before and "eval/reward" in after:
+        b, a = before["eval/reward"], after["eval/reward"]
+        return f"; held-out reward {b:.3g} -> {a:.3g} ({a - b:+.3g}, on the reward's own scale)"
+    return ""
 
 
 def _leave_distributed(code: int) -> int:

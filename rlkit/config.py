@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -59,6 +61,7 @@ class DataConfig:
     system_prompt: str | None = None
     chat_template: bool = True        # wrap the prompt in the tokenizer's chat template
     max_prompt_tokens: int = 256
+    truncation: str = "error"         # a prompt over max_prompt_tokens: error | left (drop its start) | right (its end)
 
 
 @dataclass(frozen=True)
@@ -153,16 +156,23 @@ class RewardSpec:
     fn: str = "rewards.math:correctness"  # "module:attribute"
     name: str | None = None
     weight: float = 1.0
-    pool: bool = False                # score in worker processes with a per-row time limit
+    pool: bool = False                # score each row in a worker process, killed at its time limit
     kwargs: dict = field(default_factory=dict)
+    # A reward that returns RewardOutput(steps=...) without token rewards: the credit assignment
+    # of its step values (rlkit/algorithms/credit.py: sum | min_form | clip | delta | clip_delta)
+    # before they sit on each step's last token, and its arguments (min_form, temperature, eta).
+    step_credit: str = "sum"
+    step_credit_kwargs: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class RewardsConfig:
     functions: tuple[RewardSpec, ...] = (RewardSpec(),)
     fail_fast: bool = False
+    # Seconds per row, for every reward call: a pool row's limit; an in-process call on n rows may
+    # take n x timeout_s (+60 s on a component's first call). The rows of a call past it are unscored.
     timeout_s: float = 10.0
-    num_workers: int = 2
+    num_workers: int = 2              # worker processes of the pool: true components
     accuracy_component: str | None = "correctness"  # component reported as accuracy
 
 
@@ -305,7 +315,18 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
     if tp is dict or origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: {key} must be a mapping, got {value!r}")
-        return dict(value)
+        return {k: _yaml11_number(v) for k, v in value.items()}
+    return value
+
+
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _yaml11_number(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-4`` (no dot) as text; inside free-form mappings (kwargs) that text
+    would reach a function as a string, so it becomes the float it spells."""
+    if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+        return float(value)
     return value
 
 
@@ -387,6 +408,19 @@ def check_config(cfg: Config) -> None:
         bad("train.resume", f"write {cfg.train.resume.lower()!r} in lower case")
     if not cfg.rewards.functions:
         bad("rewards.functions", "needs at least one reward function")
+    if not 0 < cfg.rewards.timeout_s < float("inf"):
+        bad("rewards.timeout_s", f"must be a positive, finite number of seconds, got {cfg.rewards.timeout_s}")
+    if cfg.backend.name == "deepspeed" and cfg.backend.zero_stage == 3 and cfg.rollout.backend == "hf":
+        bad("rollout.backend", "hf cannot generate from ZeRO-3 shards (ranks would wait on each other's "
+            "generation steps); use rollout.backend=vllm or backend.zero_stage=2")
+    if cfg.data.truncation not in ("error", "left", "right"):
+        bad("data.truncation", f"choose error, left or right, got {cfg.data.truncation!r}")
+    if cfg.data.max_prompt_tokens < 1:
+        bad("data.max_prompt_tokens", "must be >= 1")
+    from rlkit.config_checks import check_callables, check_launch
+
+    check_callables(cfg, bad)
+    check_launch(cfg, bad, os.environ)
 
 
 def overlong_tokens(algo: AlgoConfig, max_new_tokens: int) -> int:

@@ -41,7 +41,7 @@ def load_rows(cfg, seed: int) -> tuple[list[dict], list[dict]]:
             questions, tables, db_dir = build_sql_demo(cfg.path or default_demo_folder())
         rows = load_spider(questions, tables, db_dir=db_dir, sample_rows=cfg.sample_rows, **kwargs)
     else:
-        rows = [_normalise(r, cfg, cfg.path, i) for i, r in enumerate(read_records(cfg.path))]
+        rows = [_normalise(r, cfg, cfg.path, where) for where, r in located_records(cfg.path)]
     # Hold out a fixed slice (independent of the training seed) for evaluation.
     order = list(range(len(rows)))
     random.Random(1234).shuffle(order)
@@ -55,11 +55,21 @@ def load_rows(cfg, seed: int) -> tuple[list[dict], list[dict]]:
 
 def read_records(path: str) -> list[dict]:
     """Rows of a .jsonl, .json (a list) or .parquet file, or of a hub data set id (``name:split``)."""
+    return [record for _, record in located_records(path)]
+
+
+def located_records(path: str) -> list[tuple[str, Any]]:
+    """``read_records`` with where each record is, for error messages: ``line N`` (1-based, in a
+    .jsonl file) or ``record N`` (1-based, in a JSON list, a Parquet file or a hub split)."""
     p = Path(path)
     if p.suffix in (".jsonl", ".json", ".parquet") and not p.exists():
         raise DataError(f"data file not found: {path}")
     if p.suffix == ".jsonl":
-        return json_lines(p.read_text(encoding="utf-8"), path)
+        return [(f"line {n}", r) for n, r in json_lines_numbered(p.read_text(encoding="utf-8"), path)]
+    return [(f"record {i}", r) for i, r in enumerate(_read_other(p, path), 1)]
+
+
+def _read_other(p: Path, path: str) -> list:
     if p.suffix == ".json":
         try:
             data = json.loads(p.read_text())
@@ -83,22 +93,27 @@ def read_records(path: str) -> list[dict]:
 def json_lines(text: str, path: str | Path) -> list:
     """The records of JSON-lines ``text`` (blank lines skipped); a bad line is a DataError
     naming ``path`` and the line number."""
+    return [record for _, record in json_lines_numbered(text, path)]
+
+
+def json_lines_numbered(text: str, path: str | Path) -> list[tuple[int, Any]]:
+    """``(1-based line number, record)`` of JSON-lines ``text``, blank lines skipped."""
     records = []
     for line_no, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            records.append((line_no, json.loads(line)))
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}, line {line_no}: invalid JSON ({exc.msg})") from exc
     return records
 
 
-def _normalise(row: Any, cfg, path: str, index: int) -> dict:
+def _normalise(row: Any, cfg, path: str, where: str) -> dict:
     if not isinstance(row, dict):
-        raise DataError(f"{path}, row {index}: expected an object, got {type(row).__name__}")
+        raise DataError(f"{path}, {where}: expected an object, got {type(row).__name__}")
     if cfg.prompt_column not in row:
-        raise DataError(f"{path}, row {index}: missing prompt column {cfg.prompt_column!r} "
+        raise DataError(f"{path}, {where}: missing prompt column {cfg.prompt_column!r} "
                         f"(columns: {', '.join(map(str, row))})")
     out = dict(row)
     out["prompt"] = row[cfg.prompt_column]
@@ -108,8 +123,19 @@ def _normalise(row: Any, cfg, path: str, index: int) -> dict:
 
 
 def prompt_token_ids(rows: list[dict], tokenizer, cfg) -> list[list[int]]:
-    """Tokenize prompts, through the chat template when ``cfg.chat_template`` is set."""
-    out = []
+    """Tokenize prompts, through the chat template when ``cfg.chat_template`` is set; a prompt
+    over ``cfg.max_prompt_tokens`` is handled by ``cfg.truncation`` (see ``tokenize_prompts``)."""
+    return tokenize_prompts(rows, tokenizer, cfg)[0]
+
+
+def tokenize_prompts(rows: list[dict], tokenizer, cfg) -> tuple[list[list[int]], int]:
+    """(token ids of the rows' prompts, how many were truncated).
+
+    A prompt over ``cfg.max_prompt_tokens`` is a DataError naming it and its length with
+    ``cfg.truncation: error`` (the default: its beginning may be the chat header or a schema);
+    ``left`` keeps its last tokens, ``right`` its first."""
+    out, truncated = [], 0
+    limit, mode = cfg.max_prompt_tokens, getattr(cfg, "truncation", "error")
     for i, row in enumerate(rows):
         prompt = row["prompt"]
         if cfg.chat_template:
@@ -122,10 +148,16 @@ def prompt_token_ids(rows: list[dict], tokenizer, cfg) -> list[list[int]]:
             if not isinstance(prompt, str):
                 raise DataError(f"row {i}: prompt is not text and data.chat_template is off")
             ids = tokenizer(prompt)["input_ids"]
-        if len(ids) > cfg.max_prompt_tokens:
-            ids = ids[-cfg.max_prompt_tokens:]  # keep the end, where the question and template sit
+        if len(ids) > limit:
+            if mode == "error":
+                preview = str(prompt)[:60].replace("\n", " ")
+                raise DataError(f"a prompt has {len(ids)} tokens, over data.max_prompt_tokens={limit} "
+                                f"(row {i} of {len(rows)}: {preview!r}...); raise data.max_prompt_tokens or set "
+                                "data.truncation: left (drop its beginning) or right (drop its end)")
+            ids = ids[-limit:] if mode == "left" else ids[:limit]
+            truncated += 1
         out.append(ids)
-    return out
+    return out, truncated
 
 
 class PromptSampler:

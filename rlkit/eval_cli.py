@@ -4,7 +4,11 @@
     rlkit eval --model embedded:smollm2-135m-instruct --benchmark gsm8k --data gsm8k_test.jsonl \\
         --samples 8 --temperature 0.8 --output runs/eval/gsm8k
     rlkit eval --model MODEL --benchmark spider --data dev.json --tables tables.json --db-dir database/
-    rlkit eval --model MODEL --benchmark toolcall --data bfcl_records.jsonl --backend hf
+    rlkit eval --model MODEL --benchmark toolcall --data BFCL_v4_simple_python.json --backend hf
+
+Spider reports the official execution accuracy (DISTINCT stripped, columns in any order) as
+``accuracy`` and the strict reading as ``accuracy_strict``; BFCL question files find their answers
+in ``possible_answer/<same file name>`` beside them.
 
 ``--model`` is a model folder, ``embedded:NAME``, a run folder (its ``final/`` or latest
 checkpoint) or a checkpoint folder. Greedy decoding by default (``--samples 1``, temperature 0);
@@ -50,6 +54,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--tables", help="spider: tables.json")
     parser.add_argument("--db-dir", help="spider: folder of <db_id>/<db_id>.sqlite databases")
     parser.add_argument("--levels", type=int, nargs="+", default=None, help="arith: levels (default 1 2 3 4 5)")
+    parser.add_argument("--underscore-to-dot", action="store_true",
+                        help="toolcall: score as BFCL does for function-calling models whose API refuses dots in "
+                             "names (tools shown and expected with '.' written as '_'; off by default)")
     parser.add_argument("--instruction", default=None,
                         help="text after each problem, replacing the benchmark's default ('' for none)")
     parser.add_argument("--system-prompt", default=None, help="a system message before each prompt")
@@ -145,7 +152,8 @@ def _run(args: argparse.Namespace, scratch: Path) -> int:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
     rows = load_benchmark(args.benchmark, args.data, limit=args.limit, tables=args.tables, db_dir=args.db_dir,
-                          instruction=args.instruction, levels=args.levels)
+                          instruction=args.instruction, levels=args.levels,
+                          underscore_to_dot=getattr(args, "underscore_to_dot", False))
     if not rows:
         raise ValueError(f"{args.data or args.benchmark}: no problems to evaluate")
     model_path, model_desc = resolve_eval_model(args.model, scratch)
@@ -182,6 +190,8 @@ def _run(args: argparse.Namespace, scratch: Path) -> int:
                 "samples": args.samples, "temperature": temperature, "top_p": args.top_p,
                 "max_new_tokens": max_new, "backend": args.backend, "chat_template": chat_template,
                 "seed": args.seed, "seconds": round(time.perf_counter() - started, 1)}
+    if getattr(args, "underscore_to_dot", False):
+        settings["underscore_to_dot"] = True
     paths = write_report(output, args.benchmark, metrics, records, settings)
     line = ", ".join(f"{k} {100 * v:.1f}%" for k, v in headline_metrics(metrics).items())
     print(f"{args.benchmark}: {line} on {int(metrics.get('n', 0))} problems "

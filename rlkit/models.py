@@ -7,6 +7,7 @@ downloaded at run time.  ``model.path: embedded:smollm2-135m-instruct`` resolves
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -93,7 +94,10 @@ def load_tokenizer(path: str):
 
 
 def load_causal_lm(path: str, dtype: str = "float32", device: str = "cpu", gradient_checkpointing: bool = False):
-    """A transformers causal LM in train mode on ``device`` (dropout off: RL wants exact log-probs)."""
+    """A transformers causal LM in eval mode on ``device`` (dropout off: RL wants exact
+    log-probs; gradients still flow).  ``gradient_checkpointing`` marks its decoder layers for
+    recomputation (non-reentrant ``torch.utils.checkpoint``), which happens only inside
+    ``recompute_activations``: the training backends wrap their forward/backward passes in it."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -101,7 +105,38 @@ def load_causal_lm(path: str, dtype: str = "float32", device: str = "cpu", gradi
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
     model.to(device)
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = False
-    model.eval()  # no dropout; gradients still flow
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.eval()
     return model
+
+
+@contextlib.contextmanager
+def recompute_activations(model):
+    """Inside the block, gradient checkpointing acts: layers marked by ``load_causal_lm`` keep
+    only their inputs in the forward pass and run again in the backward pass.
+
+    transformers checkpoints a layer only while ``layer.training`` is set, and a model in train
+    mode would also switch dropout on.  So only the marked layers' own flag is set, for the
+    block; their submodules (attention, MLP, ``nn.Dropout``, LoRA dropout) stay in eval mode,
+    and float ``*dropout*`` attributes of the layers themselves (functional dropout in the
+    layer's own forward, as in OPT) read 0 meanwhile: the log-probs are eval mode's.  The
+    layers also drop any KV cache passed to them (``use_cache``, ``past_key_values``), so a
+    checkpointed pass must not rely on one (the backends train with the plain forward pass).
+    Does nothing for a model without marked layers.
+    """
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules()
+              if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing and not m.training]
+    saved = [{k: v for k, v in vars(m).items() if "dropout" in k and isinstance(v, float)} for m in layers]
+    for layer, rates in zip(layers, saved):
+        layer.training = True
+        for k in rates:
+            setattr(layer, k, 0.0)
+    try:
+        yield
+    finally:
+        for layer, rates in zip(layers, saved):
+            layer.training = False
+            for k, v in rates.items():
+                setattr(layer, k, v)

@@ -32,7 +32,11 @@ def make_loss_fn(algo, num_seqs: int, num_tokens: int, max_len: int, metric_toke
         old = micro.old_logprobs if micro.old_logprobs is not None else logp.detach()
         per_token = policy_loss(logp, old, micro.advantages, mask, eps_low=algo.eps_low,
                                 eps_high=algo.eps_high, dual_clip=algo.dual_clip)
-        metrics: dict[str, float] = {}
+        metrics: dict[str, float] = {
+            # 0 when every sequence carries one value (GSPO's sequence-level loss; outcome advantages)
+            "loss/seq_spread_max": seq_spread_max(per_token, mask),
+            "advantage/seq_spread_max": seq_spread_max(micro.advantages, mask),
+        }
         if micro.rollout_logprobs is not None:  # the engine's log-probs of the same tokens
             with torch.no_grad():
                 gap = torch.where(mask, (old - micro.rollout_logprobs).abs(), 0.0)
@@ -48,6 +52,9 @@ def make_loss_fn(algo, num_seqs: int, num_tokens: int, max_len: int, metric_toke
         with torch.no_grad():
             log_ratio = torch.where(mask, logp.detach() - old, torch.zeros_like(old))
             ratio = log_ratio.exp()
+            if getattr(policy_loss, "ratio_level", "token") == "sequence":  # GSPO clips whole sequences
+                lengths = mask.sum(dim=1, keepdim=True).clamp(min=1)
+                ratio = (log_ratio.sum(dim=1, keepdim=True) / lengths).exp().expand_as(log_ratio)
             clipped = ((ratio < 1 - algo.eps_low) | (ratio > 1 + algo.eps_high)) & mask
             metrics["clip_frac"] = float(clipped.sum()) / denom
             metrics["approx_kl_old"] = float((torch.expm1(-log_ratio) + log_ratio)[mask].sum()) / denom
@@ -67,6 +74,18 @@ def make_loss_fn(algo, num_seqs: int, num_tokens: int, max_len: int, metric_toke
     return loss_fn
 
 
+def seq_spread_max(values: torch.Tensor, mask: torch.Tensor) -> float:
+    """The largest max - min of ``values`` over one row's mask tokens (0.0 without any)."""
+    with torch.no_grad():
+        mask = mask.bool()
+        rows = mask.any(dim=1)
+        if not rows.any():
+            return 0.0
+        high = torch.where(mask, values, float("-inf")).amax(dim=1)
+        low = torch.where(mask, values, float("inf")).amin(dim=1)
+        return float((high - low)[rows].max())
+
+
 def kl_shaped_scores(batch, algo) -> torch.Tensor:
     """The KL penalty in the reward (``algo.kl_mode: reward``), from the trainer's log-probs
     before the update: ``batch.token_rewards`` lose beta kl_t on each token (what GAE reads),
@@ -74,8 +93,15 @@ def kl_shaped_scores(batch, algo) -> torch.Tensor:
     does with ``use_kl_in_reward``)."""
     if batch.old_logprobs is None or batch.ref_logprobs is None:
         raise ValueError("kl_mode=reward needs old_logprobs and ref_logprobs on the batch")
-    kl_tok = kl(batch.old_logprobs, batch.ref_logprobs, algo.kl_estimator)
-    penalty = algo.kl_coef * torch.where(batch.loss_mask, kl_tok, torch.zeros_like(kl_tok))
+    penalty = algo.kl_coef * masked_kl(batch, algo)
     if batch.token_rewards is not None:
         batch.token_rewards = batch.token_rewards - penalty
     return batch.scores - penalty.sum(dim=1)
+
+
+def masked_kl(batch, algo) -> torch.Tensor:
+    """[B, T] the estimator's KL(pi_old || pi_ref) per sampled token (0 elsewhere); its sum over
+    the batch, divided by the sampled tokens of all ranks, is the ``kl_ref`` metric of
+    ``kl_mode: reward`` (the loss mode logs it from the loss)."""
+    kl_tok = kl(batch.old_logprobs, batch.ref_logprobs, algo.kl_estimator)
+    return torch.where(batch.loss_mask, kl_tok, torch.zeros_like(kl_tok))

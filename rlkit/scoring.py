@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from dataclasses import dataclass
 
 import torch
 
 from rewards import Component, combine, load_callable
+from rlkit.algorithms.credit import credit_step_rewards
 from rlkit.batch import RolloutBatch
+
+logger = logging.getLogger("rlkit")
+_WARNED: set[str] = set()  # components already warned about (score_batch)
 
 
 @dataclass
@@ -40,7 +45,10 @@ def build_reward(cfg):
         name = spec.name or spec.fn.rsplit(":", 1)[-1]
         if name in components:
             raise ValueError(f"rewards.functions: two components are named {name!r}; set `name:` on one")
-        components[name] = Component(fn=fn, weight=spec.weight, name=name, pool=spec.pool)
+        credit = None  # "sum" without arguments: the step values as they are
+        if spec.step_credit != "sum" or spec.step_credit_kwargs:
+            credit = functools.partial(credit_step_rewards, mode=spec.step_credit, **spec.step_credit_kwargs)
+        components[name] = Component(fn=fn, weight=spec.weight, name=name, pool=spec.pool, step_credit=credit)
     return combine(fail_fast=cfg.fail_fast, num_workers=cfg.num_workers, timeout_s=cfg.timeout_s, **components)
 
 
@@ -64,8 +72,11 @@ def token_columns(reward, tokenizer, completion_ids: list[list[int]]) -> dict:
     return {"completion_offsets": [token_char_ends(tokenizer, ids) for ids in completion_ids]}
 
 
-def score_batch(reward, batch: RolloutBatch, completion_ids: list[list[int]], tokenizer=None):
-    """Score ``batch.rows`` in place; returns the RewardResult (failures included)."""
+def score_batch(reward, batch: RolloutBatch, completion_ids: list[list[int]], tokenizer=None,
+                token_rewards_read: bool = True):
+    """Score ``batch.rows`` in place; returns the RewardResult (failures included).
+    ``token_rewards_read`` False (the estimator reads only scores) makes step or token rewards a
+    warning, once per component: they would not move the advantages."""
     completions = [row["completion"] for row in batch.rows]
     columns = reward_columns([{k: v for k, v in row.items() if k != "completion"} for row in batch.rows])
     columns["prompts"] = columns.pop("prompt", [None] * batch.size)
@@ -75,6 +86,14 @@ def score_batch(reward, batch: RolloutBatch, completion_ids: list[list[int]], to
     batch.reward_components = {
         name: torch.tensor(values, dtype=torch.float32) for name, values in result.components.items()
     }
+    for name, totals in result.token_totals.items():  # a token-level component's per-completion value
+        if not token_rewards_read and name not in _WARNED:
+            _WARNED.add(name)
+            logger.warning("reward component %r gives step or token rewards, but the advantage estimator "
+                           "reads only scores: they do not move the advantages (use a token-level estimator "
+                           "such as process_rloo, prime or gae)", name)
+        values = batch.reward_components[name]
+        batch.reward_components[name] = torch.where(torch.isnan(values), torch.tensor(totals), values)
     token_rewards = batch.outcome_token_rewards(batch.scores)
     starts = (batch.loss_mask.float().argmax(dim=1)).tolist()
     for i, dense in enumerate(result.token_rewards):
@@ -96,6 +115,8 @@ def scored_rows(batch: RolloutBatch) -> torch.Tensor:
 def isolate_unscored(group_ids: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
     """Give every unscored row a group of its own, so it gets no advantage and does not shift
     its prompt's group statistics (a failed or not-applicable reward is not a zero reward)."""
+    if not group_ids.numel():  # a data-parallel rank whose groups dynamic sampling all dropped
+        return group_ids
     fresh = group_ids.max() + 1 + torch.arange(group_ids.numel())
     return torch.where(scored, group_ids, fresh)
 

@@ -21,16 +21,16 @@ from rewards.shaping import overlong_shaping
 from rlkit.algorithms.advantages import estimator_inputs, get_advantage
 from rlkit.batch import RolloutBatch, build_batch, concat_batches
 from rlkit.checkpoint import resume, save_checkpoint, should_save, start_point
-from rlkit.config import Config, ConfigError, overlong_tokens, save_config
+from rlkit.config import Config, check_config, overlong_tokens, save_config
 from rlkit.critic import critic_config, make_value_loss_fn
-from rlkit.data import PromptSampler, load_rows, prompt_token_ids
+from rlkit.data import PromptSampler, load_rows, tokenize_prompts
 from rlkit.dist import combine_metric, make_backend
 from rlkit.dist.sharding import RankShare
-from rlkit.eval.heldout import heldout_records, summarize_heldout
+from rlkit.eval.heldout import heldout_records, is_accuracy, summarize_heldout
 from rlkit.eval.runner import BestCheckpoint, evaluate_benchmarks
 from rlkit.logging import MetricsLogger, PhaseTimer
 from rlkit.models import load_tokenizer
-from rlkit.objective import kl_shaped_scores, make_loss_fn
+from rlkit.objective import kl_shaped_scores, make_loss_fn, masked_kl
 from rlkit.rollout import Sampling, make_rollout
 from rlkit.sampling import first_groups, kept_group_rows
 from rlkit.scoring import (RewardContext, add_length_penalty, build_reward, isolate_unscored, score_batch,
@@ -44,9 +44,7 @@ def train(cfg: Config) -> dict:
     Under a data-parallel backend every rank runs this same loop on its share of the prompts
     (rlkit/dist/sharding.py); the main rank logs and writes the shared files.
     """
-    if cfg.backend.name == "deepspeed" and cfg.backend.zero_stage == 3 and cfg.rollout.backend == "hf":
-        raise ConfigError("rollout.backend=hf cannot generate from ZeRO-3 shards (ranks would wait on each "
-                          "other's generation steps); use rollout.backend=vllm or backend.zero_stage=2")
+    check_config(cfg)  # as load_config does, for a Config built in Python
     run_dir = Path(cfg.train.output_dir)
     # (None, 0) for a fresh run; checked before anything is written.  RANK is set by the launcher.
     checkpoint, start = start_point(cfg, is_main=int(os.environ.get("RANK", "0")) == 0)
@@ -65,6 +63,8 @@ def train(cfg: Config) -> dict:
 
     tokenizer = load_tokenizer(backend.model_path)
     train_rows, eval_rows = load_rows(cfg.data, cfg.train.seed)
+    if cfg.data.truncation == "error":  # a prompt over the limit fails now, not at the step that draws it
+        tokenize_prompts(train_rows + eval_rows, tokenizer, cfg.data)
     sampler = PromptSampler(train_rows, cfg.train.seed)  # the same draws on every rank
     reward = build_reward(cfg.rewards)
     reward.attach(RewardContext(cfg))  # stateful modules that train (PRIME's PRM) build on the run
@@ -114,20 +114,19 @@ def train(cfg: Config) -> dict:
         """Save the policy to ``<output_dir>/best`` when ``eval.best_metric`` improved (decided on
         the main rank; every rank joins the save, which gathers ZeRO-3 shards)."""
         improved = backend.broadcast_object(best.update(metrics, step) if backend.is_main else False)
-        if improved:
-            backend.save_pretrained(str(run_dir / "best"), tokenizer)
-            if backend.is_main:
-                (run_dir / "best" / "best.json").write_text(json.dumps(best.state_dict(), indent=2))
+        if improved:  # best.json goes into the same atomic export as the weights
+            backend.save_pretrained(str(run_dir / "best"), tokenizer,
+                                    extra_files={"best.json": json.dumps(best.state_dict(), indent=2)})
         summary["best"] = best.state_dict()
 
     overlong = overlong_tokens(cfg.algo, cfg.rollout.max_new_tokens)
 
-    def sample_round(step_rows: list[dict], first_group_id: int, timer: PhaseTimer) -> tuple[RolloutBatch, int]:
-        """Generate this rank's share of ``step_rows`` and score it: (batch, failed rows)."""
+    def sample_round(step_rows: list[dict], first_group_id: int, timer: PhaseTimer) -> tuple[RolloutBatch, int, int]:
+        """Generate this rank's share of ``step_rows`` and score it: (batch, failed rows, truncated prompts)."""
         global_index = share.generation_indices(len(step_rows))
         rows = [step_rows[i] for i in global_index]
         with timer("generate"):
-            prompts = prompt_token_ids(rows, tokenizer, cfg.data)
+            prompts, truncated = tokenize_prompts(rows, tokenizer, cfg.data)
             gens = rollout.generate(prompts, sampling)
             gens = [g for g in gens if share.trains_on(g.prompt_index)]
         batch = build_batch(
@@ -140,16 +139,17 @@ def train(cfg: Config) -> dict:
             rows=[{**rows[g.prompt_index], "completion": g.text} for g in gens],
         )
         with timer("score"):
-            result = score_batch(reward, batch, [g.token_ids for g in gens], tokenizer)
+            result = score_batch(reward, batch, [g.token_ids for g in gens], tokenizer,
+                                 token_rewards_read="token_rewards" in getattr(estimator, "inputs", ()))
             if overlong:  # DAPO's soft overlong punishment, before any filtering sees the scores
                 limit = cfg.rollout.max_new_tokens
                 penalty = [overlong_shaping(min(len(g.token_ids), limit), limit, overlong, cfg.algo.overlong_factor)
                            for g in gens]
                 add_length_penalty(batch, torch.tensor(penalty, dtype=torch.float32))
-        return batch, len(result.failures)
+        return batch, len(result.failures), truncated if share.tp_rank == 0 else 0  # tp ranks share prompts
 
-    def sample_step(step: int, timer: PhaseTimer) -> tuple[RolloutBatch, RolloutBatch, int, dict]:
-        """(batch, spare row, failed rows, metrics) for one step: one round of
+    def sample_step(step: int, timer: PhaseTimer) -> tuple[RolloutBatch, RolloutBatch, int, int, dict]:
+        """(batch, spare row, failed rows, truncated prompts, metrics) for one step: one round of
         ``prompts_per_step`` prompts, or with ``algo.dynamic_sampling`` (DAPO: drop the groups
         with equal scores) and/or ``algo.accuracy_band`` (PRIME: keep the groups whose accuracy
         is in the band) rounds until ``prompts_per_step`` groups are kept or
@@ -158,14 +158,16 @@ def train(cfg: Config) -> dict:
         target = cfg.train.prompts_per_step
         filtering = cfg.algo.dynamic_sampling or cfg.algo.accuracy_band is not None
         rounds = cfg.algo.max_sampling_rounds if filtering else 1
-        parts, failures, drawn, kept = [], 0, 0, 0
+        parts, failures, drawn, kept, truncated = [], 0, 0, 0, 0
         for round_index in range(rounds):
-            part, failed = sample_round(sampler.next(target), ((step - 1) * rounds + round_index) * target, timer)
+            part, failed, cut = sample_round(sampler.next(target), ((step - 1) * rounds + round_index) * target,
+                                             timer)
             spare = part.select(torch.arange(min(part.size, 1)))
             failures += failed
+            truncated += cut
             drawn += target
             if not filtering:
-                return part, spare, failures, {}
+                return part, spare, failures, truncated, {}
             keep = kept_group_rows(part, cfg.algo.dynamic_sampling, cfg.algo.accuracy_band,
                                    cfg.rewards.accuracy_component)
             kept_part = part.select(torch.nonzero(keep).flatten())
@@ -176,9 +178,10 @@ def train(cfg: Config) -> dict:
         metrics = {"sampling/rounds": round_index + 1, "sampling/prompts_drawn": drawn,
                    "sampling/kept_groups": min(kept, target),
                    "sampling/drawn_per_kept": drawn / max(min(kept, target), 1)}
-        if kept == 0:  # nothing to learn from in any round: the last round, all advantages 0
-            return part, spare, failures, metrics
-        return first_groups(concat_batches(parts, tokenizer.pad_token_id), target, backend), spare, failures, metrics
+        if kept == 0:  # no group passed in any round: the last round keeps the ranks in step, advantages zeroed
+            return part, spare, failures, truncated, metrics
+        return (first_groups(concat_batches(parts, tokenizer.pad_token_id), target, backend), spare, failures,
+                truncated, metrics)
 
     try:
         if checkpoint:  # weights, optimizer, data position, reward state, RNGs; weights pushed to the rollout
@@ -192,7 +195,7 @@ def train(cfg: Config) -> dict:
         for step in range(start + 1, cfg.train.steps + 1):
             timer = PhaseTimer()
             started = time.perf_counter()
-            batch, spare, failures, sampling_metrics = sample_step(step, timer)
+            batch, spare, failures, truncated, sampling_metrics = sample_step(step, timer)
             rollout.sleep()
             with timer("score"):
                 reward_metrics = reward.update(batch) or {}
@@ -207,12 +210,19 @@ def train(cfg: Config) -> dict:
                     batch.values = logprobs_or_filler(critic.logprobs, batch, spare, cfg)
 
             scored = scored_rows(batch)
-            scores = kl_shaped_scores(batch, cfg.algo) if kl_in_reward else batch.scores
+            scores, kl_metrics = batch.scores, {}
+            if kl_in_reward:
+                scores = kl_shaped_scores(batch, cfg.algo)
+                kl_sum, kl_tokens = backend.all_reduce([float(masked_kl(batch, cfg.algo).sum()),
+                                                        int(batch.loss_mask.sum())])
+                kl_metrics["kl_ref"] = kl_sum / max(kl_tokens, 1)
             inputs = estimator_inputs(estimator, {"input_ids": batch.input_ids, "all_reduce": backend.all_reduce,
                                                   "values": batch.values, "token_rewards": batch.token_rewards})
             out = estimator(scores, isolate_unscored(batch.group_ids, scored), batch.loss_mask, **inputs,
                             **cfg.algo.advantage_kwargs)
             batch.advantages, batch.returns = out if isinstance(out, tuple) else (out, None)
+            if sampling_metrics.get("sampling/kept_groups") == 0:  # no group passed the filters: train none
+                batch.advantages = torch.zeros_like(batch.advantages)
             batch.validate()
 
             spare = zero_filler(spare, batch)
@@ -228,10 +238,11 @@ def train(cfg: Config) -> dict:
                 rollout.update_weights(backend.sync_weights())
 
             step_seconds = time.perf_counter() - started
-            parts = backend.all_gather_object(rollout_stats(batch, failures, int((~scored).sum())))
+            parts = backend.all_gather_object(rollout_stats(batch, failures, int((~scored).sum()), truncated))
             metrics = step_metrics(merge_stats(parts), cfg, step_seconds)
             metrics.update(sampling_metrics)
             metrics.update(train_metrics)
+            metrics.update(kl_metrics)
             metrics.update(reward_metrics)
             metrics.update(timer.metrics())
             log(step, metrics)
@@ -312,18 +323,18 @@ def optimize(backend, batch: RolloutBatch, cfg: Config, filler: RolloutBatch | N
     return totals
 
 
-def rollout_stats(batch: RolloutBatch, failures: int, unscored: int) -> dict:
+def rollout_stats(batch: RolloutBatch, failures: int, unscored: int, truncated: int = 0) -> dict:
     """What ``step_metrics`` needs from one rank's batch, small enough to gather."""
     return {"scores": batch.scores.tolist(), "lengths": batch.completion_lengths.tolist(),
             "finished": batch.finished.tolist(), "group_ids": batch.group_ids.tolist(),
             "components": {k: v.tolist() for k, v in batch.reward_components.items()},
-            "failures": failures, "unscored": unscored}
+            "failures": failures, "unscored": unscored, "truncated": truncated}
 
 
 def merge_stats(parts: list[dict]) -> dict:
     """The ranks' ``rollout_stats`` concatenated (one part when training alone)."""
     merged = {"scores": [], "lengths": [], "finished": [], "group_ids": [], "components": {},
-              "failures": 0, "unscored": 0}
+              "failures": 0, "unscored": 0, "truncated": 0}
     for part in parts:
         for key in ("scores", "lengths", "finished", "group_ids"):
             merged[key].extend(part[key])
@@ -331,6 +342,7 @@ def merge_stats(parts: list[dict]) -> dict:
             merged["components"].setdefault(name, []).extend(values)
         merged["failures"] += part["failures"]
         merged["unscored"] += part["unscored"]
+        merged["truncated"] += part.get("truncated", 0)
     return merged
 
 
@@ -354,10 +366,13 @@ def step_metrics(stats: dict, cfg: Config, seconds: float) -> dict:
         "tokens_per_s": float(lengths.sum()) / max(seconds, 1e-9),
         "time/step": seconds,
     }
+    if cfg.data.truncation != "error":
+        metrics["data/truncated_prompts"] = float(stats["truncated"])
     for name, values in stats["components"].items():
         valid = [v for v in values if not math.isnan(v)]
-        metrics[f"reward/{name}"] = sum(valid) / len(valid) if valid else math.nan
+        if valid:  # a component that scored no row (a token-level one: PRM, PRIME) logs no mean
+            metrics[f"reward/{name}"] = sum(valid) / len(valid)
     acc = cfg.rewards.accuracy_component
-    if acc and f"reward/{acc}" in metrics:
+    if acc and f"reward/{acc}" in metrics and is_accuracy(stats["components"][acc]):
         metrics["accuracy"] = metrics[f"reward/{acc}"]
     return metrics

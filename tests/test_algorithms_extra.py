@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-import time
+import sys
 
 import pytest
 import torch
@@ -65,15 +65,77 @@ def test_tempo_group_of_one_and_mismatched_input():
         tempo_advantages([[1], [2]], [1.0])
 
 
-def test_tempo_is_fast_on_16_completions_of_4096_tokens():
-    """Not a timed test of speed targets: a guard against O(K^2 L) (that takes minutes)."""
-    rng = random.Random(0)
-    ids = [[rng.randrange(50) for _ in range(4096)] for _ in range(16)]
-    for row in ids[1:8]:
-        row[:200] = ids[0][:200]
-    started = time.perf_counter()
-    tempo_advantages(ids, [rng.random() for _ in range(16)])
-    assert time.perf_counter() - started < 10
+def bytecodes_run(fn, *args) -> int:
+    """How many bytecode instructions ``fn(*args)`` executes in Python frames (its own, and
+    those of the functions and comprehensions it calls): a deterministic count of the work."""
+    count = 0
+
+    def local(frame, event, arg):
+        nonlocal count
+        if event == "opcode":
+            count += 1
+        return local
+
+    def on_call(frame, event, arg):
+        frame.f_trace_opcodes = True
+        return local
+
+    sys.settrace(on_call)
+    try:
+        fn(*args)
+    finally:
+        sys.settrace(None)
+    return count
+
+
+def work_growth(fn) -> tuple[float, float]:
+    """How ``fn(token_ids, scores)``'s bytecode count grows when the group grows 4x (K 4 -> 16)
+    and when the completions grow 4x (L 32 -> 128), on groups that share most of their prefix
+    (so that a per-node scan of the group costs K, not 1)."""
+    def group(k, length):
+        rng = random.Random(k * 1000 + length)
+        shared = [rng.randrange(5) for _ in range(length - 2)]
+        ids = [shared + [rng.randrange(5) for _ in range(length - len(shared))] for _ in range(k)]
+        return ids, [rng.random() for _ in range(k)]
+
+    ops = {size: bytecodes_run(fn, *group(*size)) for size in ((4, 32), (16, 32), (4, 128))}
+    return ops[16, 32] / ops[4, 32], ops[4, 128] / ops[4, 32]
+
+
+def quadratic_tempo(token_ids, scores, norm_by_std=True):
+    """TEMPO straight from its definition: S_{t+1} filtered out of S_t for every completion
+    and position, O(K^2 L) when the completions share their prefixes."""
+    k = len(scores)
+    mu = sum(scores) / k
+    scale = 1 / ((sum((s - mu) ** 2 for s in scores) / (k - 1)) ** 0.5 + 1e-6) if norm_by_std else 1.0
+    out = []
+    for ids, score in zip(token_ids, scores):
+        members, parent, row = list(range(k)), mu, []
+        for t, tok in enumerate(ids):
+            members = [j for j in members if len(token_ids[j]) > t and token_ids[j][t] == tok]
+            value = sum(scores[j] for j in members) / len(members)
+            row.append((score - mu + value - parent) * scale)
+            parent = value
+        out.append(row)
+    return out
+
+
+def test_tempo_work_grows_linearly_in_group_size_and_length():
+    """A guard against O(K^2 L) and O(K L^2), by counting the work instead of timing it: 4x
+    the completions or 4x their length costs about 4x the bytecodes, where the definition's
+    direct O(K^2 L) reading costs about 16x the first (checked below, so the guard can fail)."""
+    by_group, by_length = work_growth(tempo_advantages)
+    assert by_group < 6 and by_length < 6, (by_group, by_length)
+
+
+def test_the_work_count_catches_a_quadratic_tempo():
+    rng = random.Random(1)
+    ids = [[rng.randrange(3) for _ in range(rng.randrange(1, 9))] for _ in range(6)]
+    scores = [rng.random() for _ in range(6)]
+    for fast, slow in zip(tempo_advantages(ids, scores), quadratic_tempo(ids, scores)):
+        assert fast == pytest.approx(slow, abs=1e-9)  # the same advantages ...
+    by_group, by_length = work_growth(quadratic_tempo)
+    assert by_group > 10 and by_length < 5, (by_group, by_length)  # ... at O(K^2 L) cost
 
 
 def test_tempo_batch_estimator_reads_completion_tokens_per_group():

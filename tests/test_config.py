@@ -72,7 +72,7 @@ def test_dotted_override_types():
         "algo.dual_clip=3",
         "model.reference=null",
         "algo.advantage_kwargs={eps: 0.001}",
-        "rewards.functions=[{fn: 'rlkit.testing_rewards:char_fraction', weight: 0.5, kwargs: {char: '3'}},"
+        "rewards.functions=[{fn: 'rlkit.testing_rewards:char_fraction', weight: 0.5, kwargs: {chars: '3'}},"
         " {fn: 'rewards.math:correctness', name: acc}]",
     ])
     assert cfg.train.lr == 1e-3 and isinstance(cfg.train.lr, float)
@@ -85,7 +85,7 @@ def test_dotted_override_types():
     assert cfg.model.reference is None
     assert cfg.algo.advantage_kwargs == {"eps": 0.001}
     assert cfg.rewards.functions == (
-        RewardSpec(fn="rlkit.testing_rewards:char_fraction", weight=0.5, kwargs={"char": "3"}),
+        RewardSpec(fn="rlkit.testing_rewards:char_fraction", weight=0.5, kwargs={"chars": "3"}),
         RewardSpec(fn="rewards.math:correctness", name="acc"),
     )
     assert isinstance(cfg.rewards.functions, tuple)
@@ -248,11 +248,11 @@ def test_saved_config_round_trips(tmp_path):
         "data.levels=[1, 2, 3]", "data.eval_levels=[4]", "data.system_prompt=Be brief.",
         "data.instruction=Answer after '####'.",
         "rollout.backend=hf", "rollout.temperature=0.7", "rollout.dtype=float32",
-        "algo.advantage=rloo", "algo.advantage_kwargs={eps: 1.0e-6}", "algo.dual_clip=3.0",
+        "algo.advantage=grpo", "algo.advantage_kwargs={eps: 1.0e-6}", "algo.dual_clip=3.0",
         "algo.kl_coef=0.01", "algo.mini_batches=2",
         "train.lr=2e-4", "train.betas=[0.9, 0.95]", "train.threads=1", "train.lr_schedule=cosine",
         "rewards.functions=[{fn: 'rlkit.testing_rewards:char_fraction', name: sevens, weight: 0.5,"
-        " kwargs: {char: '7'}}, {fn: 'rewards.math:correctness', pool: true}]",
+        " kwargs: {chars: '7'}}, {fn: 'rewards.math:correctness', pool: true}]",
         "rewards.accuracy_component=null", "eval.every=5",
     ])
     path = tmp_path / "config.yaml"

@@ -62,18 +62,62 @@ def test_batch_whitening_over_two_ranks_matches_one_process(advantage, tiny_mode
     assert result["checksum"] == pytest.approx(single["checksum"], rel=1e-6)
 
 
-@pytest.mark.parametrize("stage,idle", [(2, False), (3, False), (3, True)], ids=["zero2", "zero3", "zero3-idle-rank"])
-def test_two_ranks_match_the_single_backend(stage, idle, tiny_model, single_result, tmp_path):
-    """``idle``: rank 1 has no rows (all its prompts had zero advantages) and runs zero-weighted
-    filler passes so that ZeRO-3's collective forward/backward calls still match rank 0's."""
+@pytest.mark.parametrize("stage,extra", [(2, []), (3, []), (3, ["--idle-rank"]), (3, ["--gc"])],
+                         ids=["zero2", "zero3", "zero3-idle-rank", "zero3-gradient-checkpointing"])
+def test_two_ranks_match_the_single_backend(stage, extra, tiny_model, single_result, tmp_path):
+    """``--idle-rank``: rank 1 has no rows (all its prompts had zero advantages) and runs
+    zero-weighted filler passes so that ZeRO-3's collective forward/backward calls still match
+    rank 0's.  ``--gc``: with gradient checkpointing (activations recomputed in the backward
+    pass, which gathers ZeRO-3's parameters again) the step equals the one without it."""
     launcher = str(Path(sys.executable).parent / "deepspeed")
     from conftest import free_port
 
-    result = _run([launcher, "--num_gpus", "2", "--master_port", str(free_port()), str(HELPER), "--model", tiny_model, "--stage", str(stage)]
-                  + (["--idle-rank"] if idle else []),
-                  tmp_path / f"zero{stage}.json")
+    result = _run([launcher, "--num_gpus", "2", "--master_port", str(free_port()), str(HELPER), "--model", tiny_model,
+                   "--stage", str(stage), *extra], tmp_path / f"zero{stage}.json")
     assert result["world"] == 2 and single_result["world"] == 1
+    # rank 0's 3 micro-batches (9 rows of 4) x 2 layers ran again in the backward pass, with --gc only
+    assert result["recomputed_layer_calls"] == (3 * 2 if "--gc" in extra else 0)
     assert abs(single_result["loss"]) > 1e-3, "the check needs a non-trivial loss"
     assert result["loss"] == pytest.approx(single_result["loss"], rel=1e-5)
     assert result["grad_norm"] == pytest.approx(single_result["grad_norm"], rel=1e-5)
     assert result["checksum"] == pytest.approx(single_result["checksum"], rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def reference_model(tmp_path_factory):
+    """The tiny model's architecture and tokenizer with other weights: a KL reference that
+    differs from the starting policy from the first step on."""
+    from rlkit.testing import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("reference"), seed=1)
+
+
+KL_CASES = {  # id: (ZeRO stage, helper arguments); 2 steps, so that a policy-initialised reference differs
+    "zero2-loss-starting-policy": (2, ["--kl-mode", "loss"]),
+    "zero3-reward-model.reference": (3, ["--kl-mode", "reward", "--reference", "REFERENCE"]),
+    "zero3-loss-lora-adapters-off": (3, ["--kl-mode", "loss", "--lora", "4"]),
+}
+
+
+@pytest.mark.parametrize("case", list(KL_CASES))
+def test_kl_reference_over_two_ranks_matches_one_process(case, tiny_model, reference_model, tmp_path):
+    """``algo.kl_coef > 0`` under DeepSpeed: each rank's reference log-probs (a frozen copy under
+    ZeRO-2, a partitioned inference engine under ZeRO-3, the adapters switched off with LoRA)
+    give the KL and the two updates one process computes.  The ZeRO-2 case also writes a
+    checkpoint: every file in it, DeepSpeed's own shards included, was fsynced."""
+    from conftest import free_port
+
+    stage, extra = KL_CASES[case]
+    extra = [reference_model if a == "REFERENCE" else a for a in extra] + ["--steps", "2"]
+    single = _run([sys.executable, str(HELPER), "--model", tiny_model, "--single", *extra], tmp_path / "single.json")
+    save = ["--save", str(tmp_path / "run")] if stage == 2 else []
+    launcher = str(Path(sys.executable).parent / "deepspeed")
+    result = _run([launcher, "--num_gpus", "2", "--master_port", str(free_port()), str(HELPER), "--model", tiny_model,
+                   "--stage", str(stage), *extra, *save], tmp_path / "ds.json")
+    assert single["kls"][-1] > 1e-3, "the check needs a reference that differs from the policy"
+    assert result["kls"] == pytest.approx(single["kls"], rel=1e-5, abs=1e-7)
+    assert result["losses"] == pytest.approx(single["losses"], rel=1e-5, abs=1e-7)
+    assert result["grad_norms"] == pytest.approx(single["grad_norms"], rel=1e-5)
+    assert result["checksum"] == pytest.approx(single["checksum"], rel=1e-6)
+    if save:
+        assert result["unsynced"] == [], "checkpoint files written without fsync"

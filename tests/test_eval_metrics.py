@@ -16,7 +16,7 @@ from rlkit.eval.toolcall_ast import (
     exact_allowed,
     match_calls,
     normalise_string,
-    values_match,
+    undeclared_gold_params,
 )
 
 # ---- pass@k ------------------------------------------------------------------------------------
@@ -119,6 +119,34 @@ def test_summarize_sampled():
     assert [r["majority"] for r in records] == [True, False, False]
 
 
+def test_unscored_samples_are_left_out_not_counted_wrong():
+    records = [{"samples": [{"correct": True, "vote": "a"}, {"correct": None, "vote": None},
+                            {"correct": False, "vote": "b"}], "groups": {}},
+               {"samples": [{"correct": None}, {"correct": None}, {"correct": None}], "groups": {}}]
+    metrics = summarize(records)
+    assert records[0]["accuracy"] == 0.5 and metrics["accuracy"] == 0.5
+    assert metrics["n"] == 1 and metrics["skipped"] == 1
+    assert metrics["pass@2"] == 1.0 and "maj@2" in metrics
+
+
+def test_spider_hardness_in_its_natural_order():
+    from rlkit.eval.report import summary_markdown
+
+    levels = ["extra", "hard", "medium", "easy", "medium", "extra"]
+    records = [_record([i % 2 == 0], ["x"], {"hardness": level}) for i, level in enumerate(levels)]
+    metrics = summarize(records)
+    assert [k for k in metrics if k.startswith("accuracy_by_hardness/")] == [
+        f"accuracy_by_hardness/{k}" for k in ("easy", "medium", "hard", "extra")]
+    table = summary_markdown("spider", metrics, records)
+    assert table.index("| easy |") < table.index("| medium |") < table.index("| hard |") < table.index("| extra |")
+    # other fields: numbers in numeric order, then names alphabetically
+    from rlkit.eval.metrics import breakdown
+
+    mixed = [_record([True], ["x"], {"level": v}) for v in ("b", "10", "a", "9")]
+    summarize(mixed)
+    assert list(breakdown(mixed, "level")) == ["9", "10", "a", "b"]
+
+
 def test_metric_slug():
     assert metric_slug("Counting & Probability") == "counting_probability"
     assert metric_slug("Level 5") == "level_5"
@@ -177,32 +205,70 @@ def test_spider_hardness_on_the_shared_dev_sample():
         assert abs(levels[level] / total - share) < 0.08, levels
 
 
-# ---- BFCL AST checking -------------------------------------------------------------------------
+# ---- BFCL AST checking (bfcl-eval's ast_checker rules; tests/test_bfcl_agreement.py compares) ---------
 
 FUNCTIONS = [
     {"name": "get_weather", "parameters": {"type": "dict", "required": ["city"], "properties": {
         "city": {"type": "string"}, "unit": {"type": "string"}, "days": {"type": "integer"}}}},
     {"name": "math.add", "parameters": {"type": "dict", "required": ["a", "b"], "properties": {
-        "a": {"type": "number"}, "b": {"type": "number"}, "opts": {"type": "dict"}, "xs": {"type": "array"}}}},
+        "a": {"type": "float"}, "b": {"type": "float"}, "opts": {"type": "dict"},
+        "xs": {"type": "array", "items": {"type": "float"}}, "expr": {"type": "string"}}}},
 ]
-GOLD_WEATHER = {"get_weather": {"city": ["New York", "NYC"], "unit": ["celsius", ""], "days": [3]}}
+GOLD_WEATHER = {"get_weather": {"city": ["New York, NY", "NYC"], "unit": ["celsius", ""], "days": [3]}}
 
 
-def test_value_normalisation():
-    assert normalise_string("  New-York. ") == "new york"
-    assert values_match("new york", "New York")
-    assert values_match("NEW YORK!", "New York")
-    assert not values_match("Newark", "New York")
-    assert values_match(3, 3.0) and values_match(2.5, 2.5) and not values_match(3, 4)
-    assert not values_match("3", 3)
-    assert not values_match(True, 1) and values_match(False, False)
-    assert values_match([1, "A"], [1.0, "a"]) and not values_match([1, 2], [2, 1]) and not values_match([1], [1, 2])
-    assert values_match({"k": 1}, {"k": [1, 2], "opt": [""]})
-    assert not values_match({"k": 1, "extra": 2}, {"k": [1]})
-    assert not values_match({}, {"k": [1]})
-    assert values_match(None, None) and not values_match(None, "x")
-    assert exact_allowed({"a": [1, {"b": 2}]}) == {"a": [[1, {"b": [2]}]]}
-    assert values_match({"a": [1, {"b": 2.0}]}, exact_allowed({"a": [1, {"b": 2}]}))
+def one(params: dict, gold: dict = GOLD_WEATHER, name: str | None = None, **kwargs) -> bool:
+    """check_prediction's verdict for one predicted call against one gold call."""
+    call = {"name": name or next(iter(gold)), "parameters": params}
+    return check_prediction([call], [gold], FUNCTIONS, **kwargs)[0]
+
+
+def test_strings_are_standardised_as_bfcl_does():
+    # BFCL removes spaces and , . / - _ * ^, lower-cases, and writes ' as "; nothing else
+    assert normalise_string("New York, NY") == "newyorkny"
+    assert normalise_string("It's 3/4 A_B*C^D-E.!") == 'it"s34abcde!'
+    assert one({"city": "NewYork,NY", "days": 3})                        # spaces and commas ignored
+    assert one({"city": "new york ny", "days": 3})
+    assert not one({"city": "New York!", "days": 3}, {"get_weather": {"city": ["New York"], "days": [3]}})
+    gold_expr = {"math.add": {"a": [1.0], "b": [2.0], "expr": ["3x**2 + 2x - 1"]}}
+    assert one({"a": 1.0, "b": 2.0, "expr": "3x^2+2x-1"}, gold_expr)     # * and ^ and spaces go
+    assert not one({"a": 1.0, "b": 2.0, "expr": "3x**2 - 2x + 1"}, gold_expr)  # + and - are not the same
+    assert not one({"city": "units!", "days": 3}, {"get_weather": {"city": ["units"], "days": [3]}})
+
+
+def test_types_as_bfcl_checks_them():
+    assert not one({"city": "NYC", "days": 3.0})                          # a float for an integer
+    assert not one({"city": "NYC", "days": True})                         # a bool is not an integer
+    assert not one({"city": "NYC", "days": "3"})
+    add = {"math.add": {"a": [1.0], "b": [2.5], "xs": [[1.0, 2.0], ""]}}
+    assert one({"a": 1, "b": 2.5}, add)                                   # an int for a float: top level only
+    assert not one({"a": 1.0, "b": 2}, add)                               # 2 -> 2.0 != 2.5
+    assert one({"a": 1.0, "b": 2.5, "xs": [1.0, 2.0]}, add)
+    assert not one({"a": 1.0, "b": 2.5, "xs": [1, 2]}, {"math.add": {"a": [1.0], "b": [2.5], "xs": [[1.0, 2.0]]}})
+    assert one({"a": 1.0, "b": 2.5, "xs": []}, add)                       # "" allows the empty list
+    # a gold value of another type than the schema's is a "variable": compared as it is
+    assert one({"a": 1.0, "b": 2.5}, {"math.add": {"a": [1], "b": [2.5]}})
+    # dict values are compared with == (BFCL checks no types inside dicts), strings standardised
+    opts = {"math.add": {"a": [1.0], "b": [2.5], "opts": [{"k": [2.0], "mode": ["Fast Mode", ""]}]}}
+    assert one({"a": 1.0, "b": 2.5, "opts": {"k": 2, "mode": "fast-mode"}}, opts)
+    assert one({"a": 1.0, "b": 2.5, "opts": {"k": 2}}, opts)
+    assert not one({"a": 1.0, "b": 2.5, "opts": {"k": 2, "other": 1}}, opts)
+    assert not one({"a": 1.0, "b": 2.5, "opts": {"mode": "fast"}}, opts)
+
+
+def test_dotted_names_only_with_underscore_to_dot():
+    gold = {"math.add": {"a": [1.0], "b": [2.0]}}
+    assert one({"a": 1.0, "b": 2.0}, gold, "math.add")
+    assert not one({"a": 1.0, "b": 2.0}, gold, "math_add")               # off by default, as in BFCL
+    assert one({"a": 1.0, "b": 2.0}, gold, "math_add", underscore_to_dot=True)
+    assert not one({"a": 1.0, "b": 2.0}, gold, "math.add", underscore_to_dot=True)  # BFCL expects the rewrite
+
+
+def test_undeclared_gold_parameter_is_never_accepted():
+    gold = {"get_weather": {"city": ["NYC"], "zip": ["10001", ""]}}
+    assert not one({"city": "NYC", "zip": "10001"}, gold)
+    assert one({"city": "NYC"}, gold)
+    assert undeclared_gold_params([gold, GOLD_WEATHER], FUNCTIONS) == ["get_weather.zip"]
 
 
 def test_call_checks():
@@ -217,31 +283,36 @@ def test_call_checks():
     unknown = call_problems({"name": "get_weather", "parameters": {"city": "NYC", "days": 3, "zip": "1"}},
                             GOLD_WEATHER, FUNCTIONS)
     assert unknown == ["get_weather: unknown parameter 'zip'"]
-    unexpected = call_problems({"name": "math.add", "parameters": {"a": 1, "b": 2, "xs": [1]}},
-                               {"math.add": {"a": [1], "b": [2]}}, FUNCTIONS)
+    unexpected = call_problems({"name": "math.add", "parameters": {"a": 1, "b": 2, "xs": [1.0]}},
+                               {"math.add": {"a": [1.0], "b": [2.0]}}, FUNCTIONS)
     assert unexpected == ["math.add: unexpected parameter 'xs'"]
     wrong = call_problems({"name": "get_weather", "parameters": {"city": "Boston", "days": 3}}, GOLD_WEATHER,
                           FUNCTIONS)
     assert len(wrong) == 1 and "'city'" in wrong[0]
     assert call_problems({"name": "get_forecast", "parameters": {"city": "NYC"}}, GOLD_WEATHER, FUNCTIONS)
-    # dotted names as BFCL writes them for OpenAI-style models
-    assert call_problems({"name": "math_add", "parameters": {"a": 1, "b": 2}}, {"math.add": {"a": [1], "b": [2]}},
-                         FUNCTIONS) == []
+    # without a schema the gold call alone says which parameters exist and their types
+    assert call_problems({"name": "f", "parameters": {"n": 2}}, {"f": {"n": [2]}}) == []
+    assert call_problems({"name": "f", "parameters": {"n": 2.0}}, {"f": {"n": [2]}})
+    assert exact_allowed({"a": 1, "b": {"c": 2}}) == {"a": [1], "b": [{"c": 2}]}
+    assert exact_allowed([1, {"b": 2}]) == [1, {"b": [2]}]
 
 
-def test_parallel_calls_match_in_any_order():
-    golds = [{"math.add": {"a": [1], "b": [2]}}, {"math.add": {"a": [3], "b": [4]}}, GOLD_WEATHER]
-    preds = [{"name": "get_weather", "parameters": {"city": "New York", "days": 3}},
-             {"name": "math.add", "parameters": {"a": 3, "b": 4}},
+def test_parallel_calls_pair_greedily_as_bfcl():
+    golds = [{"math.add": {"a": [1.0], "b": [2.0]}}, {"math.add": {"a": [3.0], "b": [4.0]}}, GOLD_WEATHER]
+    preds = [{"name": "get_weather", "parameters": {"city": "new york, ny", "days": 3}},
+             {"name": "math.add", "parameters": {"a": 3.0, "b": 4}},
              {"name": "math.add", "parameters": {"a": 1.0, "b": 2}}]
-    assert match_calls(preds, golds, FUNCTIONS)
+    assert match_calls(preds, golds, FUNCTIONS) is None
     assert check_prediction(preds, golds, FUNCTIONS) == (True, "match")
-    assert not match_calls(preds[:2], golds, FUNCTIONS)
+    assert match_calls(preds[:2], golds, FUNCTIONS) == 0
     duplicate = [preds[0], preds[1], preds[1]]
-    assert not match_calls(duplicate, golds, FUNCTIONS)
-    # a greedy pairing would fail here: pred 0 fits both golds, pred 1 only the first
+    assert match_calls(duplicate, golds, FUNCTIONS) == 0
+    # BFCL pairs greedily: gold 0 takes pred 0 (v=1 fits both golds), and gold 1 finds nothing left
     loose = [{"x": {"v": [1, 2]}}, {"x": {"v": [1]}}]
-    assert match_calls([{"name": "x", "parameters": {"v": 1}}, {"name": "x", "parameters": {"v": 2}}], loose)
+    calls = [{"name": "x", "parameters": {"v": 1}}, {"name": "x", "parameters": {"v": 2}}]
+    assert match_calls(calls, loose) == 1
+    assert check_prediction(calls, loose)[0] is False
+    assert check_prediction(calls[::-1], loose)[0] is True
 
 
 def test_irrelevance_and_unparseable_predictions():
@@ -260,6 +331,6 @@ def test_call_shape_and_vote_keys():
     assert call_shape([GOLD_WEATHER, GOLD_WEATHER], weather) == "parallel"
     assert call_shape([GOLD_WEATHER, {"math.add": {}}], FUNCTIONS) == "parallel_multiple"
     a = [{"name": "f", "parameters": {"x": "New York", "n": 1}}, {"name": "g", "parameters": {}}]
-    b = [{"name": "g", "parameters": {}}, {"name": "f", "parameters": {"n": 1.0, "x": "new york"}}]
+    b = [{"name": "g", "parameters": {}}, {"name": "f", "parameters": {"n": 1.0, "x": "newyork"}}]
     assert canonical_calls(a) == canonical_calls(b)
     assert canonical_calls([]) == "[]" and canonical_calls(None) is None

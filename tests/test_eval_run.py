@@ -62,12 +62,44 @@ def test_eval_gsm8k_file_with_samples_hf(tiny_model, tmp_path, capsys, one_threa
     assert "| pass@2 |" in summary and "| maj@2 |" in summary
 
 
+def test_eval_bfcl_v4_files_and_spider_readings_hf(tiny_model, tmp_path, capsys, one_thread):
+    # BFCL's published layout: the question file, its answers in possible_answer/<same name>
+    question = {"id": "simple_python_1", "question": [[{"role": "user", "content": "Factorial of 5."}]],
+                "function": [{"name": "math.factorial", "description": "Factorial.", "parameters": {
+                    "type": "dict", "properties": {"number": {"type": "integer"}}, "required": ["number"]}}]}
+    data = tmp_path / "BFCL_v4_simple_python.json"
+    data.write_text(json.dumps(question) + "\n")
+    (tmp_path / "possible_answer").mkdir()
+    (tmp_path / "possible_answer" / data.name).write_text(
+        json.dumps({"id": "simple_python_1", "ground_truth": [{"math.factorial": {"number": [5]}}]}) + "\n")
+    out = tmp_path / "bfcl"
+    code = main(["--model", tiny_model, "--benchmark", "toolcall", "--data", str(data), "--max-new-tokens", "4",
+                 "--backend", "hf", "--output", str(out), "--threads", "1", "--underscore-to-dot"])
+    assert code == 0, capsys.readouterr().err
+    predictions, metrics, _ = read_report(out, "toolcall")
+    assert predictions[0]["answer"] == [{"math.factorial": {"number": [5]}}]
+    assert metrics["settings"]["underscore_to_dot"] is True and metrics["metrics"]["n"] == 1
+    # Spider: the official reading is the accuracy, the strict one a second number and column
+    from rlkit.tasks.sql_demo import build_sql_demo
+
+    questions, tables, db_dir = build_sql_demo(tmp_path / "sql")
+    out = tmp_path / "spider"
+    code = main(["--model", tiny_model, "--benchmark", "spider", "--data", str(questions), "--tables", str(tables),
+                 "--db-dir", str(db_dir), "--limit", "4", "--max-new-tokens", "4", "--backend", "hf",
+                 "--output", str(out), "--threads", "1"])
+    assert code == 0, capsys.readouterr().err
+    predictions, metrics, summary = read_report(out, "spider")
+    assert {"accuracy", "accuracy_strict"} <= set(metrics["metrics"])
+    assert all(set(r["samples"][0]) >= {"correct", "correct_strict"} for r in predictions)
+    assert "| accuracy_strict |" in summary and "spider: accuracy" in capsys.readouterr().out
+
+
 def test_eval_errors_are_reported_not_raised(tiny_model, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": "q"}) + "\n")
     assert main(["--model", tiny_model, "--benchmark", "gsm8k", "--data", str(bad), "--backend", "hf",
                  "--output", str(tmp_path / "o")]) == 2
-    assert "bad.jsonl, row 0: no answer" in capsys.readouterr().err
+    assert "bad.jsonl, record 1: no answer" in capsys.readouterr().err
     assert main(["--model", str(tmp_path / "missing"), "--benchmark", "arith", "--backend", "hf"]) == 2
     assert "no such folder" in capsys.readouterr().err
     assert main(["--model", str(tmp_path), "--benchmark", "arith", "--backend", "hf"]) == 2

@@ -206,7 +206,10 @@ def test_prime_run_logs_prm_and_filter_metrics(prime_runs):
     for m in lines.values():
         assert m["prime/loss"] > 0 and m["prime/grad_norm"] > 0 and 0 <= m["prime/accuracy"] <= 1
         assert m["prime/labelled_rows"] > 0 and math.isfinite(m["prime/reward_std"])
-        assert m["sampling/drawn_per_kept"] >= 1 and m["sampling/rounds"] >= 1
+        # 2 prompts a round; rounds stop once 2 groups in the accuracy band are kept (or after 4).
+        # (a group dropped by the band: test_algorithm_presets.py's prime run)
+        assert m["sampling/prompts_drawn"] == 2 * m["sampling/rounds"] and m["sampling/kept_groups"] <= 2
+        assert m["sampling/rounds"] == 4 or m["sampling/kept_groups"] == 2
     step = prime_runs[0] / "checkpoints" / "step_4" / "reward_state" / "prime"
     assert (step / "model.safetensors").is_file() and (step / "optimizer.pt").is_file()
 

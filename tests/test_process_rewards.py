@@ -175,6 +175,7 @@ def test_prm_config_runs_end_to_end_with_vllm(cli, tiny_model):
                                train__save_final="false", rollout__max_new_tokens=16, eval__max_new_tokens=16)
     # the rule-based scorer gives a random model's digit soup the same score everywhere (no
     # equations): the tiny model as a causal-LM PRM gives step scores that differ
+    overrides.append("data.max_prompt_tokens=400")  # the tiny model's tokenizer has a token per character
     overrides.append("rewards.functions=[{fn: 'rewards.math:correctness'}, {fn: 'rewards.prm:ProcessReward', "
                      f"name: prm, kwargs: {{kind: causal_lm, model: '{tiny_model}', step_tag: '=', "
                      "credit: min_form}}]")
@@ -225,7 +226,9 @@ def test_train_prm_learns_a_step_rule_and_scores_with_it(tiny_model, tmp_path, o
     data = _write_jsonl(tmp_path / "steps.jsonl", rows)
     metrics = train_prm(data, tmp_path / "prm", model=tiny_model, epochs=6, lr=3e-3, batch_size=16,
                         log=lambda line: None)
-    assert metrics["eval_step_accuracy_after"] >= 0.9 > metrics["eval_step_accuracy_before"] - 0.2
+    before, after = metrics["eval_step_accuracy_before"], metrics["eval_step_accuracy_after"]
+    # untrained it scores about the majority label's share (0.58); training lifts it past 90%
+    assert after >= 0.9 and after >= before + 0.3, metrics
     assert (tmp_path / "prm" / "prm_metrics.json").is_file() and not (tmp_path / ".tmp-prm").exists()
     module = ProcessReward(kind="token_classification", model=str(tmp_path / "prm"), credit="sum")
     text, ends = _ends(["ab", "cd", "\n\n", "a7", "bc", "\n\n"])

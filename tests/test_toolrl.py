@@ -407,16 +407,17 @@ def test_load_bfcl_json_lines_and_auto(tmp_path):
 
 
 @pytest.mark.parametrize("records, fmt, message", [
-    ([toolrl_record(tc(WEATHER)), {"instruction": "x", "input": "y"}], "toolrl", r"record 1: missing key 'output'"),
+    ([toolrl_record(tc(WEATHER)), {"instruction": "x", "input": "y"}], "toolrl", r"record 2: missing key 'output'"),
     ([bfcl_record(), bfcl_record(), {k: v for k, v in bfcl_record().items() if k != "function"}], "bfcl",
-     r"record 2: missing key 'function'"),
-    ([bfcl_record(ground_truth=[{"f": {"a": "x"}}])], "bfcl", r"record 0: key 'ground_truth'"),
+     r"record 3: missing key 'function'"),
+    ([bfcl_record(ground_truth=[{"f": {"a": "x"}}])], "bfcl", r"record 1: key 'ground_truth'"),
     ([bfcl_record(question=[[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]])], "bfcl",
-     r"record 0: key 'question'.*2 turns"),
-    ([toolrl_record(tc(WEATHER)), "text"], "toolrl", r"record 1: expected an object"),
-    ([{"prompt": "x"}], "auto", r"record 0: neither"),
+     r"record 1: key 'question'.*2 turns"),
+    ([toolrl_record(tc(WEATHER)), "text"], "toolrl", r"record 2: expected an object"),
+    ([{"prompt": "x"}], "auto", r"record 1: neither"),
 ])
 def test_loader_errors_name_file_record_and_key(tmp_path, records, fmt, message):
+    """Records are numbered from 1 in the messages (the first record is record 1)."""
     path = write(tmp_path, "bad.json", records)
     with pytest.raises(ValueError, match=message) as info:
         load_tool_rows(path, format=fmt)

@@ -104,15 +104,27 @@ def test_generation_and_weight_push_match_transformers(server, tiny_model, one_t
         expected = model.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False)[0, len(prompt):]
         assert gen.token_ids == expected.tolist()[:len(gen.token_ids)]
 
-    sampled = rollout.generate(prompts, Sampling(n=4, max_new_tokens=6, temperature=1.0))
-    assert [g.prompt_index for g in sampled] == [0] * 4 + [1] * 4 + [2] * 4
-    for gen in sampled:
-        ids = torch.tensor([prompts[gen.prompt_index] + gen.token_ids])
-        with torch.no_grad():
-            logits = model(ids).logits[0, len(prompts[gen.prompt_index]) - 1:-1]
-        mine = torch.log_softmax(logits.float(), -1).gather(1, torch.tensor(gen.token_ids)[:, None])[:, 0]
-        assert torch.allclose(mine, torch.tensor(gen.logprobs), atol=1e-4)
+    for temperature in (1.0, 0.7):  # log-probs of the sampling distribution softmax(logits / T)
+        sampled = rollout.generate(prompts, Sampling(n=4, max_new_tokens=6, temperature=temperature))
+        assert [g.prompt_index for g in sampled] == [0] * 4 + [1] * 4 + [2] * 4
+        for gen in sampled:
+            ids = torch.tensor([prompts[gen.prompt_index] + gen.token_ids])
+            with torch.no_grad():
+                logits = model(ids).logits[0, len(prompts[gen.prompt_index]) - 1:-1].float()
+            mine = torch.log_softmax(logits / temperature, -1).gather(1, torch.tensor(gen.token_ids)[:, None])[:, 0]
+            assert torch.allclose(mine, torch.tensor(gen.logprobs), atol=1e-4), temperature
     rollout.close()
+
+
+def test_serve_command_asks_for_the_sampling_distributions_logprobs():
+    from rlkit.rollout.vllm_server import serve_command
+
+    argv, _ = serve_command("MODEL", extra=["--enforce-eager"])
+    assert argv[argv.index("--logprobs-mode") + 1] == "processed_logprobs"
+    assert argv[-1] == "--enforce-eager"
+    for extra in (["--logprobs-mode", "raw_logprobs"], ["--logprobs-mode=raw_logprobs"]):
+        with pytest.raises(ValueError, match="--logprobs-mode processed_logprobs"):
+            serve_command("MODEL", extra=extra)
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])

@@ -113,6 +113,9 @@ def gspo(
     return torch.where(mask, loss[:, None].expand_as(log_ratio), zero)
 
 
+gspo.ratio_level = "sequence"  # one ratio per sequence: what clip_frac measures (rlkit/objective.py)
+
+
 def importance_correction(old_logp: Tensor, rollout_logp: Tensor, mask: Tensor, mode: str,
                           cap: float = 2.0, band: tuple[float, float] = (0.5, 2.0)) -> Tensor:
     """Per-token weights that correct for the rollout engine's log-probs differing from the

@@ -37,7 +37,7 @@ class TrainBackend(Protocol):
     def load_state(self, folder) -> None:
         """Restore weights, optimizer and LR-schedule position (hyper-parameters follow the config)."""
 
-    def save_pretrained(self, path: str, tokenizer) -> None: ...
+    def save_pretrained(self, path: str, tokenizer, extra_files: dict[str, str] | None = None) -> None: ...
 
     # collectives (rlkit/dist/collectives.py): identities in one process
     rank: int
@@ -63,6 +63,25 @@ def combine_metric(totals: dict[str, float], key: str, value: float, weight: flo
         totals[key] = max(totals.get(key, float("-inf")), float(value))
     else:
         totals[key] = totals.get(key, 0.0) + weight * float(value)
+
+
+def sampling_temperature(cfg) -> float:
+    """The temperature T of the distribution the trainer scores: ``rollout.temperature``, the one
+    rollouts are sampled at (1 when that is 0, greedy: the engines then report ``softmax(logits)``).
+    Greedy evaluation uses its own temperature and never reaches the trainer's log-probs."""
+    t = float(cfg.rollout.temperature)
+    return t if t > 0 else 1.0
+
+
+def at_sampling_temperature(forward, cfg):
+    """The policy's per-token forward pass scoring ``softmax(logits / T)`` with T =
+    ``sampling_temperature(cfg)``: the distribution the rollout engines sample from and report
+    log-probs of, so the PPO ratio, the rollout correction and the KL to the reference (scored
+    by the same pass) compare like with like.  The critic's forward pass (values) is not wrapped."""
+    import functools
+
+    t = sampling_temperature(cfg)
+    return forward if t == 1.0 else functools.partial(forward, temperature=t)
 
 
 def make_backend(cfg, total_optimizer_steps: int, role: str = "policy") -> TrainBackend:

@@ -16,12 +16,12 @@ from typing import Iterator
 import torch
 
 from rlkit.batch import RolloutBatch
-from rlkit.dist import LossFn, combine_metric
+from rlkit.dist import LossFn, at_sampling_temperature, combine_metric
 from rlkit.dist.collectives import TorchCollectives
 from rlkit.dist.lora import apply_lora, is_lora, merged_weights, save_adapter
 from rlkit.dist.prefix import forward_logprobs_shared
-from rlkit.dist.single import forward_logprobs, lr_lambda
-from rlkit.models import load_causal_lm, resolve_model_path
+from rlkit.dist.single import forward_logprobs, lr_lambda, training_forward
+from rlkit.models import load_causal_lm, recompute_activations, resolve_model_path
 
 
 def deepspeed_config(cfg) -> dict:
@@ -41,6 +41,17 @@ def deepspeed_config(cfg) -> dict:
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
+
+
+def reference_config(cfg) -> dict:
+    """The DeepSpeed config of the frozen KL reference under ZeRO-3: no optimizer, parameters
+    partitioned (and offloaded with ``backend.offload_params``) like the policy's."""
+    zero: dict = {"stage": 3, "overlap_comm": False}
+    if cfg.backend.offload_params:
+        zero["offload_param"] = {"device": "cpu"}
+    return {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+            "bf16": {"enabled": cfg.model.dtype == "bfloat16"}, "zero_optimization": zero,
+            "steps_per_print": 1 << 30, "wall_clock_breakdown": False}
 
 
 class DeepSpeedBackend(TorchCollectives):
@@ -84,24 +95,60 @@ class DeepSpeedBackend(TorchCollectives):
         self.model = self.engine.module
         self.zero_stage = cfg.backend.zero_stage
         self.autocast = cfg.model.autocast_bf16 and cfg.model.dtype == "float32"
-        self.forward = forward_logprobs_shared if cfg.train.share_prompt_prefix else forward_logprobs
+        self.forward = at_sampling_temperature(
+            forward_logprobs_shared if cfg.train.share_prompt_prefix else forward_logprobs, cfg)
         if role == "critic":
             from rlkit.critic import forward_values
 
             self.forward = forward_values
-        self.ref_model = None
-        if cfg.algo.kl_coef:
-            raise NotImplementedError("a KL reference model under DeepSpeed is not supported yet")
+        self.train_forward = training_forward(self.forward, cfg, role)
+        self.ref_model = self._load_reference(deepspeed) if cfg.algo.kl_coef else None
+
+    def _load_reference(self, deepspeed):
+        """The frozen KL reference: ``model.reference``, else the starting policy (with LoRA:
+        ``"base"``, the policy with its adapters switched off, as in the single backend).
+
+        ZeRO-2 keeps every parameter whole on every rank, so there the reference is a plain
+        frozen copy on each rank (as large as the policy's own weights).  Under ZeRO-3 it is a
+        DeepSpeed engine without an optimizer: its parameters are partitioned over the ranks
+        like the policy's and gathered layer by layer in each forward pass (collective, like
+        the policy's), so it costs each rank 1/N of a copy; a whole copy per rank would undo
+        what ZeRO-3 is chosen for, a model that does not fit on one rank.
+        """
+        if is_lora(self.model) and not self.cfg.model.reference:
+            return "base"
+        path = self.model_path
+        if self.cfg.model.reference:  # an embedded name is prepared once, by rank 0
+            path = self.broadcast_object(resolve_model_path(self.cfg.model.reference) if self.is_main else None)
+        if self.zero_stage != 3:
+            ref = load_causal_lm(path, self.cfg.model.dtype, str(self.device))
+            return ref.requires_grad_(False)
+        ref = load_causal_lm(path, "float32", str(self.device)).requires_grad_(False)
+        engine, *_ = deepspeed.initialize(model=ref, config=reference_config(self.cfg))
+        return engine
 
     @torch.no_grad()
     def logprobs(self, batch: RolloutBatch, micro_batch_size: int) -> torch.Tensor:
+        return self._logprobs(self.engine, batch, micro_batch_size)
+
+    @torch.no_grad()
+    def ref_logprobs(self, batch: RolloutBatch, micro_batch_size: int) -> torch.Tensor:
+        """[B, T] log-probs under the frozen reference (``algo.kl_coef > 0``); collective."""
+        if self.ref_model is None:
+            raise RuntimeError("no reference model: set algo.kl_coef > 0 to load one")
+        if self.ref_model == "base":
+            with self.model.disable_adapter():
+                return self._logprobs(self.engine, batch, micro_batch_size)
+        return self._logprobs(self.ref_model, batch, micro_batch_size)
+
+    def _logprobs(self, model, batch: RolloutBatch, micro_batch_size: int) -> torch.Tensor:
         out = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
         chunks = list(torch.arange(batch.size).split(micro_batch_size))
         total = int(self.all_reduce([len(chunks)], "max")[0])
         for i in range(total):  # every rank runs the same number of forward passes (ZeRO-3)
             idx = chunks[i] if i < len(chunks) else torch.tensor([0])
             micro = batch.select(idx).trimmed().to(self.device)
-            lp, _ = self.forward(self.engine, micro, with_entropy=False, autocast=self.autocast)
+            lp, _ = self.forward(model, micro, with_entropy=False, autocast=self.autocast)
             if i < len(chunks):
                 out[idx, : lp.shape[1]] = lp.float().cpu()
         return out
@@ -121,10 +168,11 @@ class DeepSpeedBackend(TorchCollectives):
             micro = micro.trimmed().to(self.device)
             self.engine.set_gradient_accumulation_boundary(i == count - 1)
             # through the engine: its forward advances ZeRO's micro-step so gradients accumulate
-            logp, entropy = self.forward(self.engine, micro, with_entropy=True, autocast=self.autocast,
-                                         entropy_grad=self.cfg.algo.entropy_coef != 0)
-            loss, metrics = loss_fn(logp, entropy, micro)
-            self.engine.backward(loss * (self.world_size if real else 0.0), scale_wrt_gas=False)
+            with recompute_activations(self.model):  # gradient checkpointing acts here, if on
+                logp, entropy = self.train_forward(self.engine, micro, with_entropy=True, autocast=self.autocast,
+                                                   entropy_grad=self.cfg.algo.entropy_coef != 0)
+                loss, metrics = loss_fn(logp, entropy, micro)
+                self.engine.backward(loss * (self.world_size if real else 0.0), scale_wrt_gas=False)
             for k, v in metrics.items():  # a filler adds its keys (as 0): every rank all-reduces the same list
                 combine_metric(totals, k, float(v) if real else 0.0)
         lr = self.scheduler.get_last_lr()[0]
@@ -185,8 +233,9 @@ class DeepSpeedBackend(TorchCollectives):
                 state[name] = tensor.detach().cpu().clone()
         return state
 
-    def save_pretrained(self, path: str, tokenizer) -> None:
-        """Rank 0 writes the Hugging Face folder (with LoRA: merged weights plus ``adapter/``)."""
+    def save_pretrained(self, path: str, tokenizer, extra_files: dict[str, str] | None = None) -> None:
+        """Rank 0 writes the Hugging Face folder (with LoRA: merged weights plus ``adapter/``;
+        ``extra_files``, name -> text, in the same atomic export)."""
         import os
 
         from rlkit.dist.single import atomic_save_pretrained
@@ -199,7 +248,7 @@ class DeepSpeedBackend(TorchCollectives):
             adapters = [p for n, p in self.model.named_parameters() if "lora_" in n]
         with self._gather_context(adapters):  # whole adapter tensors under ZeRO-3
             if self.is_main:
-                atomic_save_pretrained(model, path, tokenizer, state_dict=state, also=also)
+                atomic_save_pretrained(model, path, tokenizer, state_dict=state, also=also, extra_files=extra_files)
         self.barrier()
 
     def save_state(self, folder) -> None:

@@ -27,9 +27,10 @@ def _gathered_cache(cache, rows: torch.Tensor):
     return out
 
 
-def forward_logprobs_shared(model, micro, with_entropy: bool, autocast: bool, entropy_grad: bool = False):
-    """Same contract as ``single.forward_logprobs``: ``(logp [b, T], entropy [b, T] | None)``,
-    aligned as in ``rlkit.batch`` and zero outside ``loss_mask``.
+def forward_logprobs_shared(model, micro, with_entropy: bool, autocast: bool, entropy_grad: bool = False,
+                            temperature: float = 1.0):
+    """Same contract as ``single.forward_logprobs``: ``(logp [b, T], entropy [b, T] | None)``
+    of ``softmax(logits / temperature)``, aligned as in ``rlkit.batch`` and zero outside ``loss_mask``.
     """
     ids, mask, loss_mask = micro.input_ids, micro.attention_mask, micro.loss_mask
     b, T = ids.shape
@@ -68,9 +69,10 @@ def forward_logprobs_shared(model, micro, with_entropy: bool, autocast: bool, en
     # logits predicting completion token j: j == 0 from the prompt pass, else completion position
     # j-1; the last completion position predicts past the end (stand-in target, value dropped)
     first_lp, first_ent = token_logprobs(last_logits.index_select(0, row_to_prompt), comp_ids[:, 0],
-                                         with_entropy, entropy_grad)                 # [b]
+                                         with_entropy, entropy_grad, temperature=temperature)  # [b]
     rest_targets = torch.cat([comp_ids[:, 1:], comp_ids[:, :1]], dim=1)             # [b, L]
-    rest_lp, rest_ent = token_logprobs(comp_out.logits, rest_targets, with_entropy, entropy_grad)
+    rest_lp, rest_ent = token_logprobs(comp_out.logits, rest_targets, with_entropy, entropy_grad,
+                                       temperature=temperature)
 
     def joined(first: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:            # [b, L] float32
         return torch.cat([first.unsqueeze(1), rest[:, :-1]], dim=1).float()

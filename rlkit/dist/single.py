@@ -8,19 +8,17 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
-import tempfile
 from typing import Iterator
 
 import torch
 
 from rlkit.batch import RolloutBatch
-from rlkit.dist import LossFn, combine_metric, resolve_device
+from rlkit.dist import LossFn, at_sampling_temperature, combine_metric, resolve_device
 from rlkit.dist.collectives import LocalCollectives
 from rlkit.dist.lora import apply_lora, is_lora, merged_weights, save_adapter
 from rlkit.dist.prefix import forward_logprobs_shared
 from rlkit.dist.token_logprobs import token_logprobs
-from rlkit.models import load_causal_lm
+from rlkit.models import load_causal_lm, recompute_activations
 
 
 def lr_lambda(schedule: str, warmup: int, total: int):
@@ -37,9 +35,12 @@ def lr_lambda(schedule: str, warmup: int, total: int):
     return fn
 
 
-def forward_logprobs(model, micro: RolloutBatch, with_entropy: bool, autocast: bool, entropy_grad: bool = False):
+def forward_logprobs(model, micro: RolloutBatch, with_entropy: bool, autocast: bool, entropy_grad: bool = False,
+                     temperature: float = 1.0):
     """Per-token log-probs ``[b, T]`` (aligned as in batch.py, 0 outside ``loss_mask``) and
-    optionally entropies.  One forward pass over every row's prompt + completion.
+    optionally entropies, of ``softmax(logits / temperature)`` (the backends pass the sampling
+    temperature: ``rlkit.dist.policy_forward``).  One forward pass over every row's prompt +
+    completion.
 
     The LM head only runs on the positions that predict completion tokens (``logits_to_keep``),
     which skips most of the prompt's share of the vocabulary projection, and the log-probs and
@@ -58,7 +59,7 @@ def forward_logprobs(model, micro: RolloutBatch, with_entropy: bool, autocast: b
     # The last position predicts past the end: give it a stand-in target and drop its values
     # (cheaper than slicing the logits, whose backward would copy them whole).
     targets = torch.cat([ids[:, first:], ids[:, -1:]], dim=1)  # [b, keep]
-    token_lp, ent = token_logprobs(logits, targets, with_entropy, entropy_grad)
+    token_lp, ent = token_logprobs(logits, targets, with_entropy, entropy_grad, temperature=temperature)
     zero = torch.zeros((), device=ids.device)
 
     def place(values: torch.Tensor) -> torch.Tensor:  # [b, keep] -> [b, T]: stand-in dropped, 0 outside loss_mask
@@ -66,6 +67,16 @@ def forward_logprobs(model, micro: RolloutBatch, with_entropy: bool, autocast: b
         return torch.where(micro.loss_mask, padded, zero)
 
     return place(token_lp), place(ent) if with_entropy else None
+
+
+def training_forward(forward, cfg, role: str = "policy"):
+    """The per-token forward pass of ``train_step``: ``forward``, except that with
+    ``model.gradient_checkpointing`` the policy trains with the plain pass, since checkpointed
+    layers drop the KV cache the shared-prompt pass (``train.share_prompt_prefix``) builds on.
+    The no-grad passes (``logprobs``) run no checkpointing and keep sharing prompts."""
+    if cfg.model.gradient_checkpointing and role != "critic":
+        return at_sampling_temperature(forward_logprobs, cfg)
+    return forward
 
 
 @torch.no_grad()
@@ -105,10 +116,12 @@ class SingleBackend(LocalCollectives):
         else:
             self.model = load_causal_lm(self.model_path, cfg.model.dtype, str(self.device),
                                         cfg.model.gradient_checkpointing)
-            self.forward = forward_logprobs_shared if cfg.train.share_prompt_prefix else forward_logprobs
+            self.forward = at_sampling_temperature(
+                forward_logprobs_shared if cfg.train.share_prompt_prefix else forward_logprobs, cfg)
         if cfg.model.lora.r:
             self.model = apply_lora(self.model, cfg.model.lora, cfg.model.gradient_checkpointing)
         self.autocast = cfg.model.autocast_bf16 and cfg.model.dtype == "float32"
+        self.train_forward = training_forward(self.forward, cfg, role)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, betas=tuple(cfg.train.betas),
                                            weight_decay=cfg.train.weight_decay)
@@ -143,10 +156,11 @@ class SingleBackend(LocalCollectives):
         totals: dict[str, float] = {}
         for micro in micro_batches:
             micro = micro.trimmed().to(self.device)
-            logp, entropy = self.forward(self.model, micro, with_entropy=True, autocast=self.autocast,
-                                             entropy_grad=self.cfg.algo.entropy_coef != 0)
-            loss, metrics = loss_fn(logp, entropy, micro)
-            loss.backward()
+            with recompute_activations(self.model):  # gradient checkpointing acts here, if on
+                logp, entropy = self.train_forward(self.model, micro, with_entropy=True, autocast=self.autocast,
+                                                   entropy_grad=self.cfg.algo.entropy_coef != 0)
+                loss, metrics = loss_fn(logp, entropy, micro)
+                loss.backward()
             for k, v in metrics.items():
                 combine_metric(totals, k, v)
         params = [p for p in self.model.parameters() if p.grad is not None]
@@ -206,35 +220,30 @@ class SingleBackend(LocalCollectives):
 
         self.load_state_dict({**load_torch(folder / "optimizer.pt"), "model": load_weights(folder / WEIGHTS)})
 
-    def save_pretrained(self, path: str, tokenizer) -> None:
-        """A Hugging Face model folder; with LoRA the merged model plus ``adapter/`` (PEFT format)."""
+    def save_pretrained(self, path: str, tokenizer, extra_files: dict[str, str] | None = None) -> None:
+        """A Hugging Face model folder; with LoRA the merged model plus ``adapter/`` (PEFT format).
+        ``extra_files`` (name -> text) are written into the same atomic export."""
         if is_lora(self.model):
             merged = {name: t.detach().cpu().clone() for name, t in merged_weights(self.model)}
             atomic_save_pretrained(self.model.get_base_model(), path, tokenizer, state_dict=merged,
-                                   also=lambda tmp: save_adapter(self.model, os.path.join(tmp, "adapter")))
+                                   also=lambda tmp: save_adapter(self.model, os.path.join(tmp, "adapter")),
+                                   extra_files=extra_files)
             return
-        atomic_save_pretrained(self.model, path, tokenizer)
+        atomic_save_pretrained(self.model, path, tokenizer, extra_files=extra_files)
 
 
-def atomic_save_pretrained(model, path: str, tokenizer, state_dict: dict | None = None, also=None) -> None:
-    """Write a Hugging Face checkpoint atomically: temp folder beside ``path``, then rename.
-    ``also(tmp_folder)`` writes more files into it before the rename."""
-    parent = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-save-", dir=parent)
-    try:
-        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
-        tokenizer.save_pretrained(tmp)
+def atomic_save_pretrained(model, path: str, tokenizer, state_dict: dict | None = None, also=None,
+                           extra_files: dict[str, str] | None = None) -> None:
+    """Write a Hugging Face model folder as checkpoints are written (``rlkit.checkpoint.atomic_folder``:
+    a temporary sibling, every file fsynced, then swapped in; a failed or killed write leaves the
+    previous ``path`` as it was).  ``also(tmp_folder)`` writes more files into it first, and
+    ``extra_files`` (name -> text) too."""
+    from rlkit.checkpoint import atomic_folder
+
+    with atomic_folder(path) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True, state_dict=state_dict)
+        tokenizer.save_pretrained(str(tmp))
         if also is not None:
-            also(tmp)
-        if os.path.exists(path):
-            old = path + ".old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
+            also(str(tmp))
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)

@@ -19,14 +19,22 @@ Benchmarks and their records (the first listed key that is present is used):
   when present.
 - ``arith``: the built-in task's held-out split (``rlkit.tasks.arith``); no file.
 - ``spider`` (Yu et al. 2018): Spider questions + tables.json + database folder
-  (``rlkit.tasks.spider.load_spider``); execution accuracy in ``rewards.sql_sandbox`` (results
-  as multisets, as lists when the gold query has a top-level ORDER BY); breakdown ``hardness``
+  (``rlkit.tasks.spider.load_spider``); execution accuracy by the official convention (DISTINCT
+  stripped, columns in any order; ``accuracy``) and by the strict one (``accuracy_strict``),
+  results as multisets, as lists when the gold query has a top-level ORDER BY
+  (``rlkit.eval.spider_exec``, ``rewards.sql_exec``); breakdown ``hardness``
   (``rlkit.eval.spider_hardness``).
-- ``toolcall``: BFCL records (``question``, ``function``, ``ground_truth`` possible answers) and
-  ToolRL records (``instruction``, ``input``, ``output``), in one file or apart; calls parsed from
-  the ToolRL output format (``rewards.toolrl.parse_tool_calls``) and checked by
-  ``rlkit.eval.toolcall_ast``; breakdown ``category`` (the record's BFCL category, else the shape
-  of its gold calls; ToolRL rows get ``toolrl_<shape>``).
+- ``toolcall``: BFCL records (``question``, ``function``, ``ground_truth`` possible answers; or
+  BFCL's published question files, whose answers ``rlkit.tasks.toolcall.join_possible_answers``
+  reads from ``possible_answer/<same file name>``) and ToolRL records (``instruction``, ``input``,
+  ``output``), in one file or apart; calls parsed from the ToolRL output format
+  (``rewards.toolrl.parse_tool_calls``) and checked by BFCL's rules (``rlkit.eval.toolcall_ast``;
+  ``underscore_to_dot=True``, as BFCL does for function-calling models, shows BFCL tools with
+  ``.`` written as ``_`` and expects those names); breakdown ``category`` (the record's BFCL
+  category, else the shape of its gold calls; ToolRL rows get ``toolrl_<shape>``). Records with a
+  gold parameter their function does not declare are logged: BFCL records are scored as BFCL
+  does (every call passing it is rejected), ToolRL rows, whose reference passes it, are not scored.
+  BFCL's Java and JavaScript categories get the Python rules (a warning says so).
 
 Math answers (gsm8k, math, amc, aime, arith) are extracted with ``rewards.math.extract_answer``
 and compared with ``math_equal`` (``rewards.math.is_equivalent``, with integers compared
@@ -34,11 +42,9 @@ exactly), which is also how maj@k groups votes.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import re
-from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -68,15 +74,19 @@ def check_benchmark(name: str) -> str:
 
 def load_benchmark(name: str, data: str | Path | None = None, *, limit: int | None = None,
                    tables: str | Path | None = None, db_dir: str | Path | None = None,
-                   instruction: str | None = None, levels: Sequence[int] | None = None) -> list[dict]:
+                   instruction: str | None = None, levels: Sequence[int] | None = None,
+                   underscore_to_dot: bool = False) -> list[dict]:
     """Rows of benchmark ``name`` (module docstring); the first ``limit`` records when given.
 
     ``instruction`` replaces the benchmark's default instruction (math-like: ``MATH_INSTRUCTION``
     appended to the problem; arith: none; spider: rlkit.tasks.spider's); ``""`` adds none.
-    ``levels`` picks the arith levels (default 1-5). Bad records raise ``rlkit.data.DataError``
-    naming the file, the row and the key.
+    ``levels`` picks the arith levels (default 1-5). ``underscore_to_dot`` (toolcall only): see
+    the module docstring. Bad records raise ``rlkit.data.DataError`` naming the file, the row and
+    the key.
     """
     check_benchmark(name)
+    if underscore_to_dot and name != "toolcall":
+        raise ValueError(f"underscore_to_dot applies to the toolcall benchmark only, not {name!r}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     if name == "arith":
@@ -87,7 +97,7 @@ def load_benchmark(name: str, data: str | Path | None = None, *, limit: int | No
         rows = _load_spider(data, tables, db_dir, instruction)
         return rows if limit is None else rows[:limit]
     if name == "toolcall":
-        return _load_toolcall(data, limit)
+        return _load_toolcall(data, limit, bool(underscore_to_dot))
     from rlkit.data import read_records
 
     records = read_records(str(data))
@@ -100,7 +110,7 @@ def load_benchmark(name: str, data: str | Path | None = None, *, limit: int | No
 
 def _as_dict(record: Any, path: Any, index: int) -> dict:
     if not isinstance(record, dict):
-        raise DataError(f"{path}, row {index}: expected an object, got {type(record).__name__}")
+        raise DataError(f"{path}, record {index + 1}: expected an object, got {type(record).__name__}")
     return record
 
 
@@ -108,7 +118,7 @@ def _pick(record: dict, keys: Sequence[str], path: Any, index: int, what: str) -
     for key in keys:
         if key in record and record[key] is not None and str(record[key]).strip():
             return key, record[key]
-    raise DataError(f"{path}, row {index}: no {what} (looked for keys {', '.join(map(repr, keys))}; "
+    raise DataError(f"{path}, record {index + 1}: no {what} (looked for keys {', '.join(map(repr, keys))}; "
                     f"the row has {', '.join(map(repr, record)) or 'no keys'})")
 
 
@@ -141,7 +151,7 @@ def _gsm8k_row(record: dict, path: Any, index: int, instruction: str) -> dict:
     else:
         gold = text.replace(",", "") if is_number(text.replace(",", "")) else None
     if not gold:
-        raise DataError(f"{path}, row {index}: key {key!r} has no final answer: expected GSM8K's "
+        raise DataError(f"{path}, record {index + 1}: key {key!r} has no final answer: expected GSM8K's "
                         f"'#### <number>' line or a number, got {text[-80:]!r}")
     return {"id": _row_id(record, index), "prompt": _with_instruction(str(problem), instruction),
             "question": str(problem), "answer": gold, "category": None, "groups": {}}
@@ -160,9 +170,9 @@ def _final_answer(record: dict, keys: Sequence[str], path: Any, index: int) -> s
         boxed = extract_answer(solution) if ("\\boxed" in solution or "\\fbox" in solution) else None
         if boxed:
             return boxed
-        raise DataError(f"{path}, row {index}: key 'solution' has no \\boxed{{...}} answer and the row has "
+        raise DataError(f"{path}, record {index + 1}: key 'solution' has no \\boxed{{...}} answer and the row has "
                         f"none of the keys {', '.join(map(repr, keys))}")
-    raise DataError(f"{path}, row {index}: no answer (looked for keys {', '.join(map(repr, keys))} and "
+    raise DataError(f"{path}, record {index + 1}: no answer (looked for keys {', '.join(map(repr, keys))} and "
                     f"'solution'; the row has {', '.join(map(repr, record))})")
 
 
@@ -221,53 +231,76 @@ def _load_spider(data: str | Path, tables: str | Path | None, db_dir: str | Path
     return rows
 
 
-def _load_toolcall(data: str | Path, limit: int | None) -> list[dict]:
-    from rlkit.tasks.toolcall import detect_format, read_tool_records
+def _load_toolcall(data: str | Path, limit: int | None, underscore_to_dot: bool = False) -> list[dict]:
+    from rlkit.tasks.toolcall import detect_format, join_possible_answers, read_tool_records
 
     records = read_tool_records(data)
     if limit is not None:
         records = records[:limit]
+    records = join_possible_answers(records, data)
     rows = []
     for i, record in enumerate(records):
         kind = detect_format(record, data, i)
-        rows.append(_bfcl_eval_row(record, data, i) if kind == "bfcl" else _toolrl_eval_row(record, data, i))
+        rows.append(_bfcl_eval_row(record, data, i, underscore_to_dot) if kind == "bfcl"
+                    else _toolrl_eval_row(record, data, i))
+    invalid = [f"{r['id']} ({r['undeclared'][0][:60]!r}{' ...' if len(r['undeclared']) > 1 else ''})"
+               for r in rows if r.get("undeclared")]
+    if invalid:
+        logger.warning("%s: %d record(s) have gold parameters their function does not declare (a call passing "
+                       "one is rejected, as in BFCL; ToolRL rows are not scored): %s", data, len(invalid),
+                       "; ".join(invalid[:5]) + (" ..." if len(invalid) > 5 else ""))
+    if any("java" in str(r["category"]) for r in rows):
+        logger.warning("%s: Java/JavaScript records are checked by BFCL's Python rules (BFCL converts their string "
+                       "values to typed ones first); these numbers do not compare with BFCL's", data)
     return rows
 
 
-def _bfcl_eval_row(record: dict, path: Any, index: int) -> dict:
-    from rlkit.eval.toolcall_ast import call_shape
+def _bfcl_eval_row(record: dict, path: Any, index: int, underscore_to_dot: bool = False) -> dict:
+    from rlkit.eval.toolcall_ast import call_shape, undeclared_gold_params
     from rlkit.tasks.toolcall import bfcl_row
 
-    row = bfcl_row(record, path, index)  # validates question, function and ground_truth
+    functions = record.get("function")
+    functions = [functions] if isinstance(functions, dict) else functions
+    shown = record
+    if underscore_to_dot and isinstance(functions, list):  # the names a function-calling API accepts
+        shown = {**record, "function": [{**f, "name": f["name"].replace(".", "_")}
+                                        if isinstance(f, dict) and isinstance(f.get("name"), str) else f
+                                        for f in functions]}
+    row = bfcl_row(shown, path, index)  # validates question, function and ground_truth
     golds = record["ground_truth"]
     for call in golds:
         (name, params), = call.items()
         for key, allowed in params.items():
             if not isinstance(allowed, list):
-                raise DataError(f"{path}, record {index}: key 'ground_truth': call {name!r}, parameter {key!r}: "
+                raise DataError(f"{path}, record {index + 1}: key 'ground_truth': call {name!r}, parameter {key!r}: "
                                 f"expected a list of allowed values, got {allowed!r:.80}")
     category = row["category"]
     if category == "bfcl":  # neither a category nor an id: name it by its shape
         category = call_shape(golds, row["tools"])
     return {"id": record.get("id", index), "prompt": row["prompt"], "question": _last_user(row["prompt"]),
-            "answer": golds, "functions": row["tools"], "category": category, "groups": {"category": category}}
+            "answer": golds, "functions": functions, "category": category, "groups": {"category": category},
+            "underscore_to_dot": underscore_to_dot, "undeclared": undeclared_gold_params(golds, functions)}
 
 
 def _toolrl_eval_row(record: dict, path: Any, index: int) -> dict:
     from rewards.toolrl import reference_calls
-    from rlkit.eval.toolcall_ast import call_shape, exact_allowed
+    from rlkit.eval.toolcall_ast import call_shape, exact_allowed, undeclared_gold_params
     from rlkit.tasks.toolcall import toolrl_row
 
     row = toolrl_row(record, path, index)
     try:
         calls = reference_calls(record["output"])
     except ValueError as exc:
-        raise DataError(f"{path}, record {index}: key 'output': {exc}") from exc
+        raise DataError(f"{path}, record {index + 1}: key 'output': {exc}") from exc
     golds = [{c["name"]: {k: [exact_allowed(v)] for k, v in c["parameters"].items()}} for c in calls]
     shape = call_shape(golds, row["tools"])
     category = "toolrl_" + ("no_call" if shape == "irrelevance" else shape)
+    # a reference passing a parameter its tool does not declare (a garbled ToolRL output) cannot
+    # be matched by any call: such a row is not scored
+    undeclared = undeclared_gold_params(golds, row["tools"])
     return {"id": record.get("id", index), "prompt": row["prompt"], "question": _last_user(row["prompt"]),
-            "answer": golds, "functions": row["tools"], "category": category, "groups": {"category": category}}
+            "answer": golds, "functions": row["tools"], "category": category, "groups": {"category": category},
+            "undeclared": undeclared, "unscorable": bool(undeclared)}
 
 
 def _last_user(messages: list[dict]) -> str:
@@ -290,7 +323,8 @@ def judge(name: str, rows: Sequence[dict], completions: Sequence[Sequence[str]],
 
     ``vote`` is the answer maj@k votes with (None: no answer); ``extracted`` what was read from
     the completion (math: the answer; spider: the SQL; toolcall: the parsed calls). Spider runs
-    its queries in ``sandbox`` (a ``rewards.sql_sandbox.SQLSandbox``; a private one when None).
+    its queries in ``sandbox`` (a ``rewards.sql_sandbox.SQLSandbox``; a private one when None)
+    and adds ``correct_strict`` (``rlkit.eval.spider_exec``).
     """
     check_benchmark(name)
     if len(rows) != len(completions):
@@ -306,8 +340,8 @@ _INTEGER = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+$|^[+-]?\d+$")
 
 
 def math_equal(pred: Any, gold: Any) -> bool:
-    """``rewards.math.is_equivalent``, except that two integers must be equal exactly (its 1e-4
-    relative tolerance would accept 10001 for 10000)."""
+    """``rewards.math.is_equivalent``; two plain integers are compared here directly, with the same
+    verdict (integral values compare exactly there too: 10001 is not 10000, spec section 9)."""
     from rewards.math import is_equivalent
 
     if pred is None or gold is None:
@@ -332,55 +366,16 @@ def _judge_toolcall(row: dict, text: str) -> dict:
     from rlkit.eval.toolcall_ast import canonical_calls, check_prediction
 
     calls = parse_tool_calls(text.strip()) if isinstance(text, str) else None
-    correct, reason = check_prediction(calls, row["answer"], row.get("functions") or [])
+    if row.get("unscorable"):
+        return {"correct": None, "extracted": calls, "vote": None,
+                "reason": f"not scored: the reference passes undeclared parameters {row['undeclared']}"}
+    correct, reason = check_prediction(calls, row["answer"], row.get("functions") or [],
+                                       underscore_to_dot=bool(row.get("underscore_to_dot")))
     return {"correct": correct, "extracted": calls, "vote": canonical_calls(calls), "reason": reason}
-
-
-def _result_key(result: Any, ordered: bool) -> str:
-    from rewards.sql_sandbox import normalise_rows
-
-    rows = normalise_rows(result.rows)
-    body = repr(rows) if ordered else repr(sorted(Counter(map(repr, rows)).items()))
-    return hashlib.sha1(body.encode("utf-8", "replace")).hexdigest()[:16]
 
 
 def _judge_spider(rows: Sequence[dict], completions: Sequence[Sequence[str]], sandbox: Any,
                   timeout_s: float) -> list[list[dict]]:
-    from rewards.sql import extract_sql, has_top_level_order_by
-    from rewards.sql_sandbox import SQLSandbox, results_equal
+    from rlkit.eval.spider_exec import judge_spider
 
-    own = sandbox is None
-    sandbox = SQLSandbox(timeout_s=timeout_s) if own else sandbox
-    try:
-        golds = sandbox.gold_many([(row["gold_sql"], row["db_path"]) for row in rows], timeout_s=timeout_s)
-        jobs = [(i, j, extract_sql(text)) for i, texts in enumerate(completions) for j, text in enumerate(texts)]
-        to_run = [(i, j, sql) for i, j, sql in jobs if sql is not None and golds[i].ok]
-        results = sandbox.run_many([(sql, rows[i]["db_path"]) for i, _, sql in to_run], timeout_s=timeout_s)
-    finally:
-        if own:
-            sandbox.close()
-    ran = {(i, j): r for (i, j, _), r in zip(to_run, results)}
-    out: list[list[dict]] = []
-    for i, (row, texts) in enumerate(zip(rows, completions)):
-        gold, ordered = golds[i], has_top_level_order_by(row["gold_sql"])
-        if not gold.ok:
-            logger.warning("spider row %s: the gold query fails on %s (%s); row not scored",
-                           row.get("id"), row["db_path"], gold.error)
-        verdicts = []
-        for j, text in enumerate(texts):
-            sql = extract_sql(text)
-            if not gold.ok:
-                verdicts.append({"correct": None, "extracted": sql, "vote": None,
-                                 "reason": f"gold query fails: {gold.error}"})
-                continue
-            result = ran.get((i, j))
-            if sql is None or result is None:
-                verdicts.append({"correct": False, "extracted": sql, "vote": None, "reason": "no SQL found"})
-                continue
-            correct = results_equal(result, gold, ordered=ordered)
-            reason = ("same result" if correct else (f"error: {result.error}" if not result.ok else "different result"))
-            verdicts.append({"correct": correct, "extracted": sql,
-                             "vote": _result_key(result, ordered) if result.ok and not result.truncated else None,
-                             "reason": reason})
-        out.append(verdicts)
-    return out
+    return judge_spider(rows, completions, sandbox, timeout_s)

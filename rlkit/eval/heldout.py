@@ -19,7 +19,7 @@ def evaluate_heldout(rollout, tokenizer, rows: list[dict], reward, data_cfg, max
 def heldout_records(rollout, tokenizer, rows: list[dict], reward, data_cfg, max_new_tokens: int,
                     accuracy_component: str | None) -> list[dict]:
     """One record per row: prompt, answer, greedy completion, ``correct`` (the value of
-    ``accuracy_component``, the reward total when None; 0 where it does not apply), ``score``,
+    ``accuracy_component``, 0 where it does not apply; None without an accuracy component), ``score``,
     ``tokens`` and the row's ``level`` when it has one.  Data-parallel ranks each run their share
     and the main rank summarises the records of all."""
     if not rows:
@@ -31,13 +31,11 @@ def heldout_records(rollout, tokenizer, rows: list[dict], reward, data_cfg, max_
     columns["prompts"] = columns.pop("prompt")
     ids = [g.token_ids for g in gens]
     result = reward.score(completions, completion_ids=ids, **columns, **token_columns(reward, tokenizer, ids))
-    if accuracy_component and accuracy_component in result.components:
-        values = result.components[accuracy_component]
-    else:
-        values = result.scores
+    values = result.components.get(accuracy_component) if accuracy_component else None
+    values = values if values is not None else [None] * len(rows)
     records = []
     for row, gen, value, score in zip(rows, gens, values, result.scores):
-        ok = 0.0 if (value is None or math.isnan(value)) else float(value)
+        ok = None if not accuracy_component else 0.0 if (value is None or math.isnan(value)) else float(value)
         record = {"prompt": row["prompt"], "answer": row.get("answer"), "completion": gen.text,
                   "correct": ok, "score": score, "tokens": len(gen.token_ids)}
         if "level" in row:
@@ -47,14 +45,18 @@ def heldout_records(rollout, tokenizer, rows: list[dict], reward, data_cfg, max_
 
 
 def summarize_heldout(records: list[dict]) -> dict[str, float]:
-    """``eval/accuracy``, ``eval/reward``, ``eval/response_length`` and, when the rows span several
-    levels, ``eval/accuracy_level<k>``."""
+    """``eval/reward``, ``eval/response_length`` and, when the accuracy component is 0/1 on every
+    row (``is_accuracy``), ``eval/accuracy`` and, when the rows span several levels,
+    ``eval/accuracy_level<k>``.  A component on another scale (a judge's 0-10) is no accuracy: its
+    mean is ``eval/reward``'s business."""
     if not records:
         return {}
     n = len(records)
-    metrics = {"eval/accuracy": sum(r["correct"] for r in records) / n,
-               "eval/reward": sum(r["score"] for r in records) / n,
+    metrics = {"eval/reward": sum(r["score"] for r in records) / n,
                "eval/response_length": sum(r["tokens"] for r in records) / n}
+    if not is_accuracy([r["correct"] for r in records]):
+        return metrics
+    metrics["eval/accuracy"] = sum(r["correct"] for r in records) / n
     by_level: dict[str, list[float]] = defaultdict(list)
     for r in records:
         if "level" in r:
@@ -62,3 +64,10 @@ def summarize_heldout(records: list[dict]) -> dict[str, float]:
     if len(by_level) > 1:
         metrics.update({k: sum(v) / len(v) for k, v in sorted(by_level.items())})
     return metrics
+
+
+def is_accuracy(values: list) -> bool:
+    """True when every value is 0 or 1 (NaN, a row the component does not apply to, allowed):
+    only then is a component's mean an accuracy."""
+    present = [v for v in values if v is not None and not math.isnan(v)]
+    return bool(present) and all(v in (0.0, 1.0) for v in present)

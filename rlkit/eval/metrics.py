@@ -16,6 +16,8 @@ from collections import defaultdict
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
+from rlkit.eval.spider_hardness import LEVELS as SPIDER_LEVELS
+
 
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k estimate for one problem with ``n`` samples, ``c`` of them correct.
@@ -103,20 +105,30 @@ def accuracy(values: Sequence[float | bool | None]) -> float | None:
     return sum(scored) / len(scored) if scored else None
 
 
+# Breakdown values with a natural order, listed in it (others follow, numbers first, then by name).
+FIELD_ORDER = {"hardness": SPIDER_LEVELS}  # Spider: easy, medium, hard, extra
+
+
 def breakdown(records: Sequence[dict], field: str, key: str = "accuracy") -> dict[str, tuple[int, float]]:
     """``{value: (rows, mean of record[key])}`` over the scored records grouped by
-    ``record["groups"][field]``; records without that group or without a verdict are left out."""
+    ``record["groups"][field]``; records without that group or without a verdict are left out.
+    Values come in ``FIELD_ORDER[field]`` when the field has one (Spider hardness: easy, medium,
+    hard, extra), otherwise numbers first in numeric order, then the rest alphabetically."""
     grouped: dict[str, list[float]] = defaultdict(list)
     for record in records:
         value = (record.get("groups") or {}).get(field)
         if value is None or record.get(key) is None:
             continue
         grouped[str(value)].append(float(record[key]))
-    return {value: (len(v), sum(v) / len(v)) for value, v in sorted(grouped.items(), key=lambda kv: _sort_key(kv[0]))}
+    known = FIELD_ORDER.get(field, ())
+    return {value: (len(v), sum(v) / len(v))
+            for value, v in sorted(grouped.items(), key=lambda kv: _sort_key(kv[0], known))}
 
 
-def _sort_key(value: str) -> tuple:
-    return (0, float(value), "") if is_number(value) else (1, 0.0, value)
+def _sort_key(value: str, known: Sequence[str] = ()) -> tuple:
+    if value in known:
+        return (0, float(known.index(value)), "")
+    return (1, float(value), "") if is_number(value) else (2, 0.0, value)
 
 
 def is_number(text: str) -> bool:
@@ -138,14 +150,17 @@ def summarize(records: Sequence[dict], vote_equal: Callable[[Any, Any], bool] | 
     """Metrics of one benchmark run.
 
     Each record is one problem: ``samples`` (a list of ``{"correct": bool | None, "vote": hashable
-    or None, "tokens": int}``), ``groups`` (``{field: value}`` breakdowns) and, filled in by this
-    function, ``accuracy`` (mean correctness over its samples) and ``majority`` (maj@n verdict).
-    A record whose samples all have ``correct`` None (not applicable, e.g. a failing gold query)
-    is not scored. Returned keys:
+    or None, "tokens": int}``, optionally ``"correct_strict"``), ``groups`` (``{field: value}``
+    breakdowns) and, filled in by this function, ``accuracy`` (mean correctness over its scored
+    samples), ``majority`` (maj@n verdict) and, when samples carry ``correct_strict``,
+    ``accuracy_strict``. A sample whose ``correct`` is None (it cannot be judged) is left out of
+    its problem's numbers and does not vote; a record whose samples are all None (e.g. a failing
+    gold query) is not scored. Returned keys:
 
     - ``accuracy``: mean per-problem sample accuracy (greedy accuracy when n = 1; pass@1 else);
+    - ``accuracy_strict``: the same of ``correct_strict`` (Spider's strict reading), when present;
     - ``pass@k`` for ``k`` in ``ks_for(n)`` and ``maj@n`` when n > 1 (n = the smallest number
-      of samples of a problem);
+      of scored samples of a problem);
     - ``n``: problems scored, ``skipped``: problems not scored, ``response_tokens``: mean tokens;
     - ``accuracy_by_<field>/<value>`` for every breakdown field with more than one value.
 
@@ -153,26 +168,32 @@ def summarize(records: Sequence[dict], vote_equal: Callable[[Any, Any], bool] | 
     """
     scored, skipped = [], 0
     for record in records:
-        verdicts = [s.get("correct") for s in record["samples"]]
-        if not verdicts or all(v is None for v in verdicts):
+        judged = [s for s in record["samples"] if s.get("correct") is not None]
+        if not judged:
             record["accuracy"] = None
             record["majority"] = None
             skipped += 1
             continue
-        flags = [bool(v) for v in verdicts]
+        flags = [bool(s["correct"]) for s in judged]
         record["accuracy"] = sum(flags) / len(flags)
-        votes = [s.get("vote") for s in record["samples"]]
-        record["majority"] = maj_at_k(votes, flags, vote_equal)
+        record["majority"] = maj_at_k([s.get("vote") for s in judged], flags, vote_equal)
+        strict = [bool(s["correct_strict"]) for s in judged if s.get("correct_strict") is not None]
+        if strict:
+            record["accuracy_strict"] = sum(strict) / len(strict)
         scored.append(record)
     metrics: dict[str, float] = {"n": float(len(scored)), "skipped": float(skipped)}
     if not scored:
         return metrics
     metrics["accuracy"] = sum(r["accuracy"] for r in scored) / len(scored)
+    strict_records = [r for r in scored if r.get("accuracy_strict") is not None]
+    if strict_records:
+        metrics["accuracy_strict"] = sum(r["accuracy_strict"] for r in strict_records) / len(strict_records)
     tokens = [s.get("tokens", 0) for r in records for s in r["samples"]]
     metrics["response_tokens"] = sum(tokens) / len(tokens) if tokens else 0.0
-    n = min(len(r["samples"]) for r in scored)
+    judged_of = {id(r): [s for s in r["samples"] if s.get("correct") is not None] for r in scored}
+    n = min(len(judged_of[id(r)]) for r in scored)
     if n > 1:
-        counts = [(n, sum(bool(s.get("correct")) for s in r["samples"][:n])) for r in scored]
+        counts = [(n, sum(bool(s.get("correct")) for s in judged_of[id(r)][:n])) for r in scored]
         for k in ks_for(n):
             metrics[f"pass@{k}"] = mean_pass_at_k(counts, k)
         metrics[f"maj@{n}"] = sum(bool(r["majority"]) for r in scored) / len(scored)

@@ -4,7 +4,9 @@
   answer, per-problem accuracy and maj@n verdict) with every sample (completion, extracted
   answer, verdict, reason, tokens);
 - ``metrics.json``: the metrics of ``rlkit.eval.metrics.summarize`` and the run's settings;
-- ``summary.md``: the settings, a table of the metrics and one table per breakdown field;
+- ``summary.md``: the settings, a table of the metrics and one table per breakdown field (with
+  maj@n and, for Spider, the strict reading ``accuracy_strict`` as further columns; values in
+  their natural order, Spider hardness as easy, medium, hard, extra);
 - ``<benchmark>.png``: bars of the overall metrics and of the accuracy per category
   (matplotlib, Agg backend, imported only when a chart is drawn).
 """
@@ -84,15 +86,16 @@ def summary_markdown(benchmark: str, metrics: dict[str, float], records: Sequenc
     for field in breakdown_fields(records):
         parts = breakdown(records, field)
         majority = breakdown(records, field, key="majority")
+        strict = breakdown(records, field, key="accuracy_strict")
         maj = next((k for k in metrics if k.startswith("maj@")), None)
-        with_maj = maj is not None
+        extra = ([maj] if maj is not None else []) + (["accuracy_strict"] if strict else [])
         lines += ["", f"## Accuracy by {field}", "",
-                  f"| {field} | problems | accuracy |" + (f" {maj} |" if with_maj else ""),
-                  "|---|---|---|" + ("---|" if with_maj else "")]
+                  f"| {field} | problems | accuracy |" + "".join(f" {k} |" for k in extra),
+                  "|---|---|---|" + "---|" * len(extra)]
         for value, (count, acc) in parts.items():
             row = f"| {_cell(value)} | {count} | {_pct(acc)} |"
-            if with_maj:
-                row += f" {_pct(majority.get(value, (0, None))[1])} |"
+            for key in extra:
+                row += f" {_pct((majority if key == maj else strict).get(value, (0, None))[1])} |"
             lines.append(row)
     return "\n".join(lines) + "\n"
 

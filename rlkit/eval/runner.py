@@ -28,7 +28,8 @@ from rlkit.eval.metrics import summarize
 logger = logging.getLogger("rlkit.eval")
 
 SPEC_KEYS = ("name", "benchmark", "data", "limit", "max_new_tokens", "samples", "temperature", "top_p", "tables",
-             "db_dir", "instruction", "levels", "chat_template", "system_prompt", "max_prompt_tokens")
+             "db_dir", "instruction", "levels", "chat_template", "system_prompt", "max_prompt_tokens",
+             "underscore_to_dot")
 NO_PROMPT_LIMIT = 10 ** 9
 
 
@@ -39,7 +40,7 @@ def prompt_ids(rows: Sequence[dict], tokenizer, chat_template: bool = True, syst
     from rlkit.data import prompt_token_ids
 
     cfg = SimpleNamespace(chat_template=chat_template, system_prompt=system_prompt,
-                          max_prompt_tokens=max_prompt_tokens or NO_PROMPT_LIMIT)
+                          max_prompt_tokens=max_prompt_tokens or NO_PROMPT_LIMIT, truncation="left")
     return prompt_token_ids(list(rows), tokenizer, cfg)
 
 
@@ -103,11 +104,12 @@ _ROWS_CACHE: dict[str, list[dict]] = {}
 
 def _spec_rows(spec: dict) -> list[dict]:
     key = json.dumps({k: spec.get(k) for k in ("benchmark", "data", "limit", "tables", "db_dir", "instruction",
-                                               "levels")}, sort_keys=True, default=str)
+                                               "levels", "underscore_to_dot")}, sort_keys=True, default=str)
     if key not in _ROWS_CACHE:
         _ROWS_CACHE[key] = load_benchmark(spec["benchmark"], spec.get("data"), limit=spec.get("limit"),
                                           tables=spec.get("tables"), db_dir=spec.get("db_dir"),
-                                          instruction=spec.get("instruction"), levels=spec.get("levels"))
+                                          instruction=spec.get("instruction"), levels=spec.get("levels"),
+                                          underscore_to_dot=bool(spec.get("underscore_to_dot")))
     return _ROWS_CACHE[key]
 
 
@@ -123,6 +125,12 @@ def check_specs(specs: Sequence[dict]) -> list[dict]:
             raise ValueError(f"benchmark spec {i} ({spec.get('name', spec['benchmark'])}): unknown keys {unknown}; "
                              f"known: {', '.join(SPEC_KEYS)}")
         check_benchmark(spec["benchmark"])
+        if spec.get("underscore_to_dot") not in (None, False, True):
+            raise ValueError(f"benchmark spec {i} ({spec.get('name', spec['benchmark'])}): underscore_to_dot must be "
+                             f"true or false, got {spec['underscore_to_dot']!r}")
+        if spec.get("underscore_to_dot") and spec["benchmark"] != "toolcall":
+            raise ValueError(f"benchmark spec {i} ({spec.get('name', spec['benchmark'])}): underscore_to_dot applies "
+                             f"to the toolcall benchmark only")
         spec = {**spec, "name": str(spec.get("name") or spec["benchmark"])}
         if spec["name"] in names:
             raise ValueError(f"benchmark spec {i}: name {spec['name']!r} is used twice")
@@ -138,7 +146,9 @@ def evaluate_benchmarks(rollout, tokenizer, specs: Sequence[dict], step: int, *,
 
     A spec is ``{"name", "benchmark", "data", "limit", "max_new_tokens", "samples", "temperature",
     "top_p", "tables", "db_dir", "instruction", "levels", "chat_template", "system_prompt",
-    "max_prompt_tokens"}`` (only ``benchmark`` is required; ``data`` too except for arith). Rows are
+    "max_prompt_tokens", "underscore_to_dot"}`` (only ``benchmark`` is required; ``data`` too
+    except for arith; ``underscore_to_dot``: toolcall's BFCL function-calling-model naming,
+    ``rlkit.eval.benchmarks``). Rows are
     loaded once per process and cached. With ``output_dir`` each benchmark's predictions and
     summary go to ``<output_dir>/<name>/step_<step>/`` (no chart). Metric names: ``accuracy``,
     ``pass@k``, ``maj@n``, ``response_tokens``, ``n``, ``skipped``, ``accuracy_by_<field>/<value>``.

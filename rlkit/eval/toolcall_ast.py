@@ -1,158 +1,250 @@
-"""AST checking of tool calls, after the Berkeley Function Calling Leaderboard (BFCL; Yan et al.
-2024, "Berkeley Function Calling Leaderboard", section "Evaluation Metrics: AST evaluation",
-gorilla.cs.berkeley.edu/blogs/8_berkeley_function_calling_leaderboard.html).
+"""AST checking of tool calls by the rules of the Berkeley Function Calling Leaderboard (BFCL; Yan
+et al. 2024, gorilla.cs.berkeley.edu/blogs/8_berkeley_function_calling_leaderboard.html), as its
+``bfcl-eval`` package's ``ast_checker`` applies them to Python categories (``tests/
+test_bfcl_agreement.py`` checks agreement with that package on generated cases).
 
 Gold calls are BFCL "possible answers": ``[{function_name: {param: [allowed values...]}}]``, where
-an allowed value ``""`` means "may be left out" and an allowed dict maps its keys to allowed-value
-lists in turn. Function schemas are BFCL's JSON schemas (``{"name", "parameters": {"properties",
-"required"}}``). A predicted call ``{"name", "parameters"}`` matches a gold call when:
+an allowed value ``""`` means "may be left out"; a dict parameter's allowed values are dicts whose
+keys map to allowed-value lists. Function schemas are BFCL's (``{"name", "parameters":
+{"properties": {param: {"type", "items"}}, "required"}}``; the types ``string``, ``integer``,
+``float``, ``boolean``, ``array``, ``tuple``, ``dict``, ``any``, and the spellings ``str``,
+``int``, ``number``, ``bool``, ``list``, ``object`` of other schemas). A predicted call ``{"name",
+"parameters"}`` matches a gold call when:
 
-1. the names are equal (also after writing ``.`` as ``_``, as BFCL does for dotted names);
-2. every parameter the function's schema lists as required is present;
-3. no parameter is unknown (not in the schema's properties) or unexpected (not among the gold
-   call's parameters; a gold parameter counts as known even where the schema lacks it);
+1. its name equals the function's name; with ``underscore_to_dot`` (BFCL's setting for models whose
+   function-calling API refuses dots, off by default) the expected name has ``.`` written as ``_``;
+2. every parameter the schema lists as required is present;
+3. every parameter is declared by the schema and is one of the gold call's parameters (a gold
+   parameter the schema does not declare can never be passed: an invalid case, which
+   ``undeclared_gold_params`` finds);
 4. every gold parameter whose allowed values do not include ``""`` is present;
-5. every value equals one of its allowed values after normalisation (``values_match``).
+5. every value has the schema's type (``type(value)`` exactly: a bool is not an integer) or the type
+   of the first allowed value that is not ``""`` (BFCL reads that as "the answer is a variable"
+   and then compares the value as it is). An int for a float parameter is accepted at the top level
+   only (it becomes a float); inside arrays the items must have the items' type, so ``[1, 2]`` is
+   not a list of floats, while inside dicts values are compared with ``==`` (``1 == 1.0``);
+6. the value equals an allowed value: strings after ``normalise_string`` (spaces and ``,./-_*^``
+   removed, lower case, ``'`` as ``"``: ``"NewYork,NY"`` matches ``"New York, NY"``, ``"units!"``
+   does not match ``"units"``); arrays item by item in order (string items normalised, an allowed
+   ``""`` standing for the empty list); dicts key by key (every key allowed, string values
+   normalised, missing keys allowed ``""``); arrays of dicts dict by dict; other values with ``==``.
 
-A prediction is right when its calls can be matched one to one with the gold calls: for one gold
-call (BFCL simple, multiple) that is exactly one matching predicted call; for several (parallel,
-parallel_multiple) a perfect matching in any order (``match_calls``); for no gold call
-(irrelevance) no call at all (an unparseable call block counts as no call, as in BFCL).
+Without a schema (ToolRL tool listings may lack one) rules 2-3 use the gold call alone and the type
+comes from the allowed values. A prediction is right when its calls pair off with the gold calls:
+one gold call (BFCL simple, multiple) needs exactly one matching predicted call; several
+(parallel, parallel_multiple) are paired greedily as BFCL does: each gold call in turn takes the
+first remaining predicted call that matches it (``match_calls``); no gold call (irrelevance) needs
+no call at all (an unparseable call block counts as no call, as in BFCL).
 """
 from __future__ import annotations
 
-import math
-import string
+import re
 from collections.abc import Sequence
 from typing import Any
 
 CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance")
-_PUNCTUATION = str.maketrans({c: " " for c in string.punctuation})
+TYPES: dict[str, type] = {"string": str, "any": str, "integer": int, "float": float, "boolean": bool,
+                          "array": list, "tuple": list, "dict": dict,
+                          # spellings of JSON schema and ToolRL listings (BFCL's Python data does not use them)
+                          "str": str, "int": int, "number": float, "bool": bool, "list": list, "object": dict}
+_STRIPPED = re.compile(r"[ ,./\-_*^]")
 
 
 def normalise_string(text: str) -> str:
-    """Lower case, punctuation removed, whitespace collapsed: ``" New-York. "`` -> ``"new york"``."""
-    return " ".join(text.lower().translate(_PUNCTUATION).split())
+    """BFCL's string standardisation: spaces and ``,./-_*^`` removed, lower case, ``'`` as ``"``:
+    ``"New York, NY"`` -> ``"newyorkny"``; other punctuation (``!``, ``+``) stays."""
+    return _STRIPPED.sub("", text).lower().replace("'", '"')
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _std(value: Any) -> Any:
+    return normalise_string(value) if type(value) is str else value
 
 
-def values_match(pred: Any, allowed: Any) -> bool:
-    """Whether ``pred`` equals one allowed value ``allowed`` (one candidate, not the list of them).
-
-    Strings compare by ``normalise_string``; numbers by value (``3 == 3.0``, booleans are not
-    numbers); lists element by element, in order; a dict candidate maps keys to allowed-value
-    lists (``""`` among them: the key may be missing) and the predicted dict may hold no other
-    keys; ``None`` matches only ``None``.
-    """
-    if isinstance(allowed, dict):
-        if not isinstance(pred, dict):
-            return False
-        if any(key not in allowed for key in pred):
-            return False
-        for key, options in allowed.items():
-            options = options if isinstance(options, list) else [options]
-            if key not in pred:
-                if "" not in options:
-                    return False
-            elif not any_value_matches(pred[key], options):
-                return False
-        return True
-    if isinstance(allowed, (list, tuple)):
-        return (isinstance(pred, (list, tuple)) and len(pred) == len(allowed)
-                and all(values_match(p, a) for p, a in zip(pred, allowed)))
-    if isinstance(allowed, bool) or isinstance(pred, bool):
-        return isinstance(allowed, bool) and isinstance(pred, bool) and pred == allowed
-    if _is_number(allowed):
-        return _is_number(pred) and math.isclose(float(pred), float(allowed), rel_tol=1e-9, abs_tol=1e-12)
-    if isinstance(allowed, str):
-        return isinstance(pred, str) and normalise_string(pred) == normalise_string(allowed)
-    return pred == allowed
+def _as_list(options: Any) -> list:
+    return options if isinstance(options, list) else [options]
 
 
-def any_value_matches(pred: Any, options: Sequence[Any]) -> bool:
-    """Whether ``pred`` matches one of the allowed values (an explicit ``""`` matches the ``""`` marker)."""
-    return any(values_match(pred, option) for option in options)
+def _answer_type(options: Sequence[Any]) -> type | None:
+    """The type of the first allowed value that is not ``""`` (None when there is none)."""
+    for option in options:
+        if option != "":
+            return type(option)
+    return None
+
+
+def _expected_types(prop: Any, options: list) -> tuple[type | None, type | None]:
+    """(value type, item type of an array) from the parameter's schema, else from the answers."""
+    prop = prop if isinstance(prop, dict) else {}
+    name = prop.get("type")
+    expected = TYPES.get(name) if isinstance(name, str) else None
+    if expected is None:
+        expected = _answer_type(options)
+    item = None
+    if expected is list:
+        items = prop.get("items")
+        item_name = items.get("type") if isinstance(items, dict) else None
+        item = TYPES.get(item_name) if isinstance(item_name, str) else None
+        if item is None and not isinstance(name, str):  # no schema: lists of dicts from the answers
+            first = next((o for o in options if isinstance(o, list) and o), None)
+            item = dict if first is not None and isinstance(first[0], dict) else None
+    return expected, item
+
+
+def _items_typed(value: list, options: list, item: type) -> bool:
+    """BFCL's one-level item check: for some allowed list, every item has the item type or the type
+    of that list's first item; an allowed value that is not a list (``""``) passes."""
+    for option in options:
+        if not isinstance(option, list):
+            return True
+        answer = _answer_type(option)
+        if all(type(v) is item or (answer is not None and type(v) is answer) for v in value):
+            return True
+    return False
+
+
+def _dict_ok(value: Any, options: list) -> bool:
+    if not isinstance(value, dict):
+        return False
+    for option in options:
+        if not isinstance(option, dict):
+            continue
+        if all(key in option and _std(v) in [_std(o) for o in _as_list(option[key])] for key, v in value.items()) \
+                and all(key in value or "" in _as_list(allowed) for key, allowed in option.items()):
+            return True
+    return False
+
+
+def _list_ok(value: list, options: list) -> bool:
+    std = [_std(v) for v in value]
+    return any(std == [_std(o) for o in option] for option in options if isinstance(option, (list, str)))
+
+
+def _list_of_dicts_ok(value: list, options: list) -> bool:
+    return any(len(option) == len(value) and all(_dict_ok(v, [o]) for v, o in zip(value, option))
+               for option in options if isinstance(option, (list, str)))
+
+
+def param_problem(key: str, value: Any, options: Any, prop: Any = None) -> str | None:
+    """Why ``value`` is not an allowed value of parameter ``key`` (rules 5-6 of the module
+    docstring; ``prop`` is the parameter's schema); None when it is."""
+    options = _as_list(options)
+    expected, item = _expected_types(prop, options)
+    if expected is None:  # no type anywhere: only "" is allowed
+        return None if value in options else f"parameter {key!r} = {value!r} not among {options!r}"
+    if expected is float and type(value) is int:
+        value = float(value)
+    answer = _answer_type(options)
+    variable = answer is not None and answer is not expected
+    if type(value) is expected:
+        if item is not None and not _items_typed(value, options, item):
+            return f"parameter {key!r} = {value!r}: items are not all of type {item.__name__}"
+    elif answer is not None and type(value) is answer:
+        variable = True
+    else:
+        return f"parameter {key!r} = {value!r} has type {type(value).__name__}, expected {expected.__name__}"
+    if variable:
+        ok = value in options
+    elif expected is dict:
+        ok = _dict_ok(value, options)
+    elif expected is list:
+        ok = _list_of_dicts_ok(value, options) if item is dict else _list_ok(value, options)
+    elif expected is str:
+        ok = normalise_string(value) in [normalise_string(o) for o in options if type(o) is str]
+    else:
+        ok = value in options
+    return None if ok else f"parameter {key!r} = {value!r} not among {options!r}"
 
 
 def exact_allowed(value: Any) -> Any:
-    """A plain value as the one allowed candidate (dict entries wrapped into one-element lists), for
-    gold calls that are concrete calls (ToolRL references) rather than BFCL possible answers."""
+    """A plain parameter value as the one allowed candidate, for gold calls that are concrete calls
+    (ToolRL references) rather than BFCL possible answers: a dict's entries become one-element
+    allowed lists, and so do those of the dicts of a list (the shapes rule 6 compares)."""
     if isinstance(value, dict):
-        return {k: [exact_allowed(v)] for k, v in value.items()}
+        return {k: [v] for k, v in value.items()}
     if isinstance(value, list):
-        return [exact_allowed(v) for v in value]
+        return [{k: [v] for k, v in item.items()} if isinstance(item, dict) else item for item in value]
     return value
-
-
-def _same_name(a: str, b: str) -> bool:
-    return a == b or a.replace(".", "_") == b.replace(".", "_")
 
 
 def _schema_for(name: str, functions: Sequence[dict]) -> dict | None:
     for function in functions:
-        if isinstance(function, dict) and _same_name(str(function.get("name")), name):
+        if isinstance(function, dict) and function.get("name") == name:
             return function
     return None
 
 
-def call_problems(pred: dict, gold: dict, functions: Sequence[dict] = ()) -> list[str]:
+def _spec(schema: dict | None) -> tuple[dict | None, list]:
+    spec = (schema or {}).get("parameters")
+    if not isinstance(spec, dict):
+        return None, []
+    properties = spec.get("properties")
+    required = spec.get("required")
+    return (properties if isinstance(properties, dict) else None), (required if isinstance(required, list) else [])
+
+
+def call_problems(pred: dict, gold: dict, functions: Sequence[dict] = (), *,
+                  underscore_to_dot: bool = False) -> list[str]:
     """Why the predicted call ``{"name", "parameters"}`` does not match the gold call
     ``{name: {param: [allowed...]}}`` (the module docstring's rules); [] when it matches."""
     (gold_name, gold_params), = gold.items()
+    schema = _schema_for(gold_name, functions)
+    expected_name = str(schema.get("name")) if schema is not None else gold_name
+    if underscore_to_dot:
+        expected_name = expected_name.replace(".", "_")
     name = pred.get("name")
-    if not isinstance(name, str) or not _same_name(name, gold_name):
-        return [f"function {name!r} instead of {gold_name!r}"]
+    if name != expected_name:
+        return [f"function {name!r} instead of {expected_name!r}"]
     params = pred.get("parameters", pred.get("arguments", {}))
     if not isinstance(params, dict):
         return [f"{gold_name}: parameters are not an object"]
-    problems = []
-    schema = _schema_for(gold_name, functions)
-    spec = (schema or {}).get("parameters") or {}
-    properties = spec.get("properties") if isinstance(spec, dict) else None
-    for required in (spec.get("required") or []) if isinstance(spec, dict) else []:
-        if required not in params:
-            problems.append(f"{gold_name}: required parameter {required!r} missing")
-    for key in params:
-        if key in gold_params:
-            continue
-        known = not isinstance(properties, dict) or key in properties
-        problems.append(f"{gold_name}: {'unexpected' if known else 'unknown'} parameter {key!r}")
+    properties, required = _spec(schema)
+    problems = [f"{gold_name}: required parameter {key!r} missing" for key in required if key not in params]
+    for key, value in params.items():
+        if properties is not None and key not in properties:
+            problems.append(f"{gold_name}: unknown parameter {key!r}")
+        elif key not in gold_params:
+            problems.append(f"{gold_name}: unexpected parameter {key!r}")
+        else:
+            problem = param_problem(key, value, gold_params[key], (properties or {}).get(key))
+            if problem:
+                problems.append(f"{gold_name}: {problem}")
     for key, options in gold_params.items():
-        options = options if isinstance(options, list) else [options]
-        if key not in params:
-            if "" not in options and not any(f"{key!r} missing" in p for p in problems):
-                problems.append(f"{gold_name}: parameter {key!r} missing")
-        elif not any_value_matches(params[key], options):
-            problems.append(f"{gold_name}: parameter {key!r} = {params[key]!r} not among {options!r}")
+        if key not in params and "" not in _as_list(options) and key not in required:
+            problems.append(f"{gold_name}: parameter {key!r} missing")
     return problems
 
 
-def call_matches(pred: dict, gold: dict, functions: Sequence[dict] = ()) -> bool:
-    return not call_problems(pred, gold, functions)
+def call_matches(pred: dict, gold: dict, functions: Sequence[dict] = (), *, underscore_to_dot: bool = False) -> bool:
+    return not call_problems(pred, gold, functions, underscore_to_dot=underscore_to_dot)
 
 
-def match_calls(preds: Sequence[dict], golds: Sequence[dict], functions: Sequence[dict] = ()) -> bool:
-    """Whether the predicted calls pair off one to one with the gold calls (any order): a perfect
-    bipartite matching, found with augmenting paths (Kuhn's algorithm)."""
+def match_calls(preds: Sequence[dict], golds: Sequence[dict], functions: Sequence[dict] = (), *,
+                underscore_to_dot: bool = False) -> int | None:
+    """BFCL's pairing of parallel calls: each gold call in turn takes the first predicted call not
+    yet taken that matches it. None when every gold call found one (and the counts are equal),
+    else the index of the first gold call left without a match."""
     if len(preds) != len(golds):
-        return False
-    edges = [[j for j, pred in enumerate(preds) if call_matches(pred, gold, functions)] for gold in golds]
-    owner: dict[int, int] = {}  # predicted call -> gold call
+        return 0
+    taken: set[int] = set()
+    for g, gold in enumerate(golds):
+        found = next((p for p, pred in enumerate(preds) if p not in taken
+                      and call_matches(pred, gold, functions, underscore_to_dot=underscore_to_dot)), None)
+        if found is None:
+            return g
+        taken.add(found)
+    return None
 
-    def assign(g: int, seen: set[int]) -> bool:
-        for p in edges[g]:
-            if p in seen:
-                continue
-            seen.add(p)
-            if p not in owner or assign(owner[p], seen):
-                owner[p] = g
-                return True
-        return False
 
-    return all(assign(g, set()) for g in range(len(golds)))
+def undeclared_gold_params(golds: Sequence[dict], functions: Sequence[dict]) -> list[str]:
+    """``"function.param"`` for every gold parameter its function's schema does not declare (BFCL
+    rejects any call that passes such a parameter: a record that needs one cannot be answered)."""
+    out = []
+    for gold in golds:
+        (name, params), = gold.items()
+        properties, _ = _spec(_schema_for(name, functions))
+        if properties is not None:
+            out += [f"{name}.{key}" for key in params if key not in properties]
+    return out
 
 
 def call_shape(golds: Sequence[dict], functions: Sequence[dict]) -> str:
@@ -167,11 +259,12 @@ def call_shape(golds: Sequence[dict], functions: Sequence[dict]) -> str:
     return "parallel" if len(names) == 1 and len(functions) <= 1 else "parallel_multiple"
 
 
-def check_prediction(pred_calls: list[dict] | None, golds: Sequence[dict],
-                     functions: Sequence[dict] = ()) -> tuple[bool, str]:
+def check_prediction(pred_calls: list[dict] | None, golds: Sequence[dict], functions: Sequence[dict] = (), *,
+                     underscore_to_dot: bool = False) -> tuple[bool, str]:
     """``(correct, reason)`` for the parsed calls of one completion (None: no parseable call block).
 
-    No gold call: right when there is no call. Otherwise the calls must match one to one.
+    No gold call: right when there is no call. Otherwise the calls must pair off with the gold
+    calls (``match_calls``); ``underscore_to_dot`` as in the module docstring.
     """
     calls = pred_calls or []
     if not golds:
@@ -181,11 +274,12 @@ def check_prediction(pred_calls: list[dict] | None, golds: Sequence[dict],
     if len(calls) != len(golds):
         return False, f"{len(calls)} call(s) where {len(golds)} were expected"
     if len(golds) == 1:
-        problems = call_problems(calls[0], golds[0], functions)
+        problems = call_problems(calls[0], golds[0], functions, underscore_to_dot=underscore_to_dot)
         return (not problems, "; ".join(problems) or "match")
-    if match_calls(calls, golds, functions):
+    unmatched = match_calls(calls, golds, functions, underscore_to_dot=underscore_to_dot)
+    if unmatched is None:
         return True, "match"
-    return False, "the calls cannot be paired with the gold calls"
+    return False, f"gold call {unmatched} ({next(iter(golds[unmatched]))}) matches none of the remaining calls"
 
 
 def canonical_calls(pred_calls: list[dict] | None) -> str | None:
@@ -199,7 +293,7 @@ def canonical_calls(pred_calls: list[dict] | None) -> str | None:
     def norm(value: Any) -> Any:
         if isinstance(value, str):
             return normalise_string(value)
-        if _is_number(value):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if isinstance(value, dict):
             return {k: norm(v) for k, v in value.items()}

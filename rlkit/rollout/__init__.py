@@ -4,6 +4,15 @@
 training process and reloads the trainer's weights in place after every optimizer step;
 ``vllm_server`` sends prompts to a separate vLLM server and pushes weights to it.
 Heavy imports (vllm) happen inside the backend modules only.
+
+Every backend reports each sampled token's log-prob under the distribution it was sampled
+from: ``softmax(logits / temperature)``, truncated to the top-p set and renormalised when
+``top_p < 1`` (``softmax(logits)`` for greedy decoding).  The trainer scores
+``softmax(logits / temperature)`` with the same ``rollout.temperature``
+(``rlkit.dist.at_sampling_temperature``), so the two agree up to rounding at ``top_p = 1``;
+with ``top_p < 1`` each engine log-prob is higher by minus the log of the kept probability mass
+(the trainer's is the untruncated policy, the engine's the distribution actually sampled), which
+``rollout/logp_gap_mean`` shows and ``algo.rollout_correction`` weights by.
 """
 from __future__ import annotations
 
@@ -11,6 +20,9 @@ from dataclasses import dataclass
 from typing import Iterable, Protocol
 
 import torch
+
+
+LOGPROBS_MODE = "processed_logprobs"  # vLLM: log-probs after temperature and top-p (engine and `rlkit serve`)
 
 
 @dataclass(frozen=True)
@@ -23,7 +35,8 @@ class Sampling:
 
 @dataclass
 class Generation:
-    """One completion: sampled token ids, their log-probs under the engine, and the text."""
+    """One completion: sampled token ids, their log-probs under the engine's sampling
+    distribution (see the module docstring), and the text."""
 
     prompt_index: int
     token_ids: list[int]

@@ -45,7 +45,9 @@ class HFRollout:
         )
         self.model.train(was_training)
         new_tokens = result.sequences[:, width:].cpu()
-        # Log-probs of the sampled tokens under the sampling distribution (processed scores).
+        # Log-probs of the sampled tokens under the sampling distribution: generate's scores are
+        # processed (logits / temperature, top-p tokens kept, the rest -inf), like vLLM's
+        # processed_logprobs; greedy scores are the raw logits.
         scores = torch.stack(result.scores, dim=1).float().log_softmax(-1).cpu()  # [N, L, V]
         token_lp = scores.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
         eos = set(self._eos_ids())

@@ -5,6 +5,13 @@ The engine runs with ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` so its model sits in t
 worker, which loads checkpoint-format names through the model's own ``load_weights`` mapping).
 On CPU, vLLM reads ``gpu_memory_utilization`` as a share of host memory for its KV cache.
 
+Log-probs: the engine runs with ``logprobs_mode="processed_logprobs"``, so each sampled token's
+log-prob is taken from the distribution it was drawn from (logits / temperature, then top-p
+truncated and renormalised), the one the trainer scores (``rlkit.dist.at_sampling_temperature``);
+vLLM's default, ``raw_logprobs``, would report ``softmax(logits)`` whatever the temperature.
+Greedy requests report ``softmax(logits)``.  On CUDA with ``top_p < 1`` this mode makes vLLM
+sample top-p in PyTorch instead of with FlashInfer's kernel (which cannot return the log-probs).
+
 Under a launcher (``world_size > 1``) every rank builds its engine with vLLM's
 ``external_launcher`` executor: the engine joins the launcher's process group instead of
 spawning workers, ``tensor_parallel_size`` consecutive ranks form one tensor-parallel engine and
@@ -19,7 +26,7 @@ from typing import Iterable
 
 import torch
 
-from rlkit.rollout import Generation, Sampling, engine_dtype
+from rlkit.rollout import LOGPROBS_MODE, Generation, Sampling, engine_dtype
 
 
 class VLLMRollout:
@@ -55,6 +62,7 @@ class VLLMRollout:
             max_model_len=cfg.max_model_len,
             enforce_eager=cfg.enforce_eager,
             enable_prefix_caching=True,
+            logprobs_mode=LOGPROBS_MODE,
             **extra,
         )
         self.start_seconds = time.perf_counter() - started
@@ -71,7 +79,7 @@ class VLLMRollout:
             temperature=max(sampling.temperature, 0.0),
             top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
             max_tokens=sampling.max_new_tokens,
-            logprobs=0,  # the log-prob of each sampled token
+            logprobs=0,  # the log-prob of each sampled token, under the sampling distribution
         )
         prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)

@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from rlkit.rollout import Generation, Sampling, engine_dtype
+from rlkit.rollout import LOGPROBS_MODE, Generation, Sampling, engine_dtype
 
 
 class RolloutServerError(RuntimeError):
@@ -231,12 +231,18 @@ def serve_command(model: str, host: str = "127.0.0.1", port: int = 8000, dtype: 
     ``VLLM_SERVER_DEV_MODE=1`` exposes vLLM's weight-sync and cache routes; the weight-transfer
     backend is NCCL where CUDA is present, rlkit's gloo backend elsewhere (registered in the
     server through the ``vllm.general_plugins`` entry point of rlkit's pyproject.toml).
+    ``--logprobs-mode processed_logprobs``: the server reports log-probs of the distribution it
+    samples from (after temperature and top-p), which the trainer's log-probs are compared with
+    (rlkit/rollout/__init__.py); ``extra`` may not override it.
     """
     import json
     import os
     import sys
 
     backend = "nccl" if torch.cuda.is_available() else "rlkit_gloo"
+    if any(a == "--logprobs-mode" or a.startswith("--logprobs-mode=") for a in extra or []):
+        raise ValueError(f"rlkit serve sets --logprobs-mode {LOGPROBS_MODE} (the log-probs of the sampling "
+                         "distribution, which training compares with its own); do not pass another")
     if gpu_memory_utilization is None:
         gpu_memory_utilization = 0.9 if torch.cuda.is_available() else 0.2
     # The API server's module rather than the `vllm` script: that one reads the version of a
@@ -244,6 +250,7 @@ def serve_command(model: str, host: str = "127.0.0.1", port: int = 8000, dtype: 
     argv = [sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry", "--model", model,
             "--host", host, "--port", str(port), "--dtype", engine_dtype(dtype),
             "--gpu-memory-utilization", str(gpu_memory_utilization), "--max-model-len", str(max_model_len),
-            "--weight-transfer-config", json.dumps({"backend": backend}), *(extra or [])]
+            "--weight-transfer-config", json.dumps({"backend": backend}), "--logprobs-mode", LOGPROBS_MODE,
+            *(extra or [])]
     env = dict(os.environ, VLLM_SERVER_DEV_MODE="1")
     return argv, env

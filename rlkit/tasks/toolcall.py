@@ -28,6 +28,12 @@ Two record kinds (``load_tool_rows(path, format="auto")`` tells them apart by th
   present, else its ``id`` without the trailing index ("live_simple_3-2-0" → "live_simple"),
   else "bfcl".
 
+BFCL's published files keep the answers apart: a question file (``BFCL_v4_simple_python.json``:
+``id``, ``question``, ``function``) and ``possible_answer/<the same file name>`` beside it (``id``,
+``ground_truth``); ``join_possible_answers`` joins them by ``id`` (the loaders do this for question
+records without ``ground_truth``). Irrelevance files, which BFCL publishes without answers, get an
+empty ``ground_truth`` (no call expected).
+
 Files: a JSON list, or JSON lines (.jsonl, and BFCL's own .json files, which hold one object per
 line). Bad input raises ``rlkit.data.DataError`` (a ValueError) naming the file, the record index
 and the missing or bad key.
@@ -103,15 +109,15 @@ def _limited(records: list[Any], limit: int | None) -> list[Any]:
 
 def _require(record: Any, keys: tuple[str, ...], path: str | Path, index: int) -> dict:
     if not isinstance(record, dict):
-        raise DataError(f"{path}, record {index}: expected an object, got {type(record).__name__}")
+        raise DataError(f"{path}, record {index + 1}: expected an object, got {type(record).__name__}")
     for key in keys:
         if key not in record:
-            raise DataError(f"{path}, record {index}: missing key {key!r} (keys: {', '.join(map(str, record))})")
+            raise DataError(f"{path}, record {index + 1}: missing key {key!r} (keys: {', '.join(map(str, record))})")
     return record
 
 
 def _bad(path: str | Path, index: int, key: str, why: str) -> DataError:
-    return DataError(f"{path}, record {index}: key {key!r}: {why}")
+    return DataError(f"{path}, record {index + 1}: key {key!r}: {why}")
 
 
 # ---- ToolRL ---------------------------------------------------------------------------------
@@ -256,9 +262,54 @@ def bfcl_row(record: Any, path: str | Path = "<records>", index: int = 0) -> dic
 
 
 def load_bfcl(path: str | Path, limit: int | None = None) -> list[dict]:
-    """Rows of a BFCL-style file with inline ``ground_truth`` (the first ``limit`` records when given)."""
-    records = _limited(read_tool_records(path), limit)
+    """Rows of a BFCL file: records with inline ``ground_truth``, or a BFCL question file whose
+    answers are in ``possible_answer/`` (``join_possible_answers``); the first ``limit`` records
+    when given."""
+    records = join_possible_answers(_limited(read_tool_records(path), limit), path)
     return [bfcl_row(r, path, i) for i, r in enumerate(records)]
+
+
+def _is_question_record(record: Any) -> bool:
+    return (isinstance(record, dict) and "question" in record and "function" in record
+            and "ground_truth" not in record and not all(k in record for k in TOOLRL_KEYS))
+
+
+def possible_answer_path(path: str | Path) -> Path:
+    """Where BFCL keeps the answers of question file ``path``: ``possible_answer/<its name>`` beside it."""
+    return Path(path).parent / "possible_answer" / Path(path).name
+
+
+def join_possible_answers(records: list[Any], path: str | Path) -> list[Any]:
+    """BFCL question records (``id``, ``question``, ``function``, no ``ground_truth``) with the
+    ``ground_truth`` of their ``id`` in ``possible_answer_path(path)``; other records unchanged.
+
+    Without that file, records whose ids all name an irrelevance category get ``[]`` (no call
+    expected); otherwise, and for a question whose id has no answer there, a DataError names the
+    file and the record.
+    """
+    if not any(_is_question_record(r) for r in records):
+        return records
+    answers_path = possible_answer_path(path)
+    questions = [(i, r) for i, r in enumerate(records) if _is_question_record(r)]
+    for i, record in questions:
+        if record.get("id") is None:
+            raise _bad(path, i, "id", "a BFCL question record without ground_truth needs an id to find its "
+                                      f"answer in {answers_path}")
+    if not answers_path.is_file():
+        if all("irrelevance" in str(r["id"]) for _, r in questions):
+            return [{**r, "ground_truth": []} if _is_question_record(r) else r for r in records]
+        raise DataError(f"{path}: BFCL question records (no 'ground_truth') need their possible answers in "
+                        f"{answers_path} (BFCL's possible_answer/ folder, same file name); that file does not exist")
+    by_id: dict[Any, Any] = {}
+    for j, answer in enumerate(read_tool_records(answers_path)):
+        answer = _require(answer, ("id", "ground_truth"), answers_path, j)
+        by_id[answer["id"]] = answer["ground_truth"]
+    out = list(records)
+    for i, record in questions:
+        if record["id"] not in by_id:
+            raise _bad(path, i, "id", f"{record['id']!r} has no entry in {answers_path}")
+        out[i] = {**record, "ground_truth": by_id[record["id"]]}
+    return out
 
 
 # ---- either ---------------------------------------------------------------------------------
@@ -273,7 +324,7 @@ def detect_format(record: Any, path: str | Path = "<records>", index: int = 0) -
         keys = ", ".join(map(str, record))
     else:
         keys = type(record).__name__
-    raise DataError(f"{path}, record {index}: neither a ToolRL record (keys {', '.join(TOOLRL_KEYS)}) "
+    raise DataError(f"{path}, record {index + 1}: neither a ToolRL record (keys {', '.join(TOOLRL_KEYS)}) "
                     f"nor a BFCL record (keys {', '.join(BFCL_KEYS)}); got {keys}")
 
 
@@ -285,6 +336,8 @@ def load_tool_rows(path: str | Path, format: str = "auto", limit: int | None = N
     records = _limited(read_tool_records(path), limit)
     if not records:
         return []
+    if format != "toolrl":
+        records = join_possible_answers(records, path)
     kind = detect_format(records[0], path, 0) if format == "auto" else format
     make = toolrl_row if kind == "toolrl" else bfcl_row
     return [make(r, path, i) for i, r in enumerate(records)]

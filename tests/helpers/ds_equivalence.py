@@ -1,6 +1,10 @@
-"""One training step on a fixed batch, split over ranks; prints loss, grad norm and a weight checksum.
+"""Training steps on a fixed batch, split over ranks; writes loss, grad norm and a weight checksum.
 Each rank computes the advantages of its own rows (``--advantage``), so estimators with batch
 statistics (REINFORCE++'s and process_rloo's whitening) must reduce them over all ranks.
+``--kl-mode loss|reward`` adds the KL penalty against the reference (``--reference DIR``, else the
+starting policy; with ``--lora R`` the policy with its adapters off), whose log-probs each rank
+computes for its own rows as the trainer does.  ``--save DIR`` then writes a checkpoint and
+reports the files in it that no rank fsynced.  ``--gc``: gradient checkpointing.
 
     python ds_equivalence.py --model DIR --out FILE --single          # the `single` backend, all rows
     DS_ACCELERATOR=cpu deepspeed --num_gpus 2 ds_equivalence.py --model DIR --out FILE --stage 2
@@ -20,7 +24,7 @@ from rlkit.algorithms.advantages import estimator_inputs, get_advantage  # noqa:
 from rlkit.batch import build_batch  # noqa: E402
 from rlkit.config import load_config  # noqa: E402
 from rlkit.dist import make_backend  # noqa: E402
-from rlkit.objective import make_loss_fn  # noqa: E402
+from rlkit.objective import kl_shaped_scores, make_loss_fn  # noqa: E402
 
 GROUPS, K = 5, 3
 
@@ -41,6 +45,85 @@ def fixed_batch():
     return batch
 
 
+def step(backend, cfg, batch, mine, args) -> tuple[dict, float]:
+    """One optimizer step on this rank's rows; the KL summed over all rows (``kl_mode=reward``)."""
+    world = getattr(backend, "world_size", 1)
+    local = batch.select(mine)
+    scores, kl_sum = local.scores, 0.0
+    if args.kl_mode != "none":  # as the trainer does: old log-probs for the reward mode, then the reference's
+        if args.kl_mode == "reward":
+            local.old_logprobs = backend.logprobs(local, cfg.train.micro_batch_size)
+        local.ref_logprobs = backend.ref_logprobs(local, cfg.train.micro_batch_size)
+        if args.kl_mode == "reward":
+            scores = kl_shaped_scores(local, cfg.algo)
+            kl_sum = backend.all_reduce([float((local.scores - scores).sum()) / cfg.algo.kl_coef])[0]
+    estimator = get_advantage(args.advantage)
+    inputs = estimator_inputs(estimator, {"all_reduce": backend.all_reduce, "input_ids": local.input_ids,
+                                          "token_rewards": local.outcome_token_rewards(scores)})
+    local.advantages = estimator(scores, local.group_ids, local.loss_mask, **inputs)
+    counts = [local.size, int(local.loss_mask.sum())]
+    seqs, tokens = backend.all_reduce(counts) if world > 1 else counts
+    loss_fn = make_loss_fn(cfg.algo, int(seqs), int(tokens), max_len=8, metric_tokens=int(tokens))
+    micro = [local.select(idx) for idx in torch.arange(local.size).split(cfg.train.micro_batch_size) if idx.numel()]
+    filler = batch.select(torch.arange(1))
+    filler.advantages = torch.zeros(filler.loss_mask.shape)
+    if local.ref_logprobs is not None:
+        filler.ref_logprobs = torch.zeros(filler.loss_mask.shape)
+    return backend.train_step(micro, loss_fn, filler=filler), kl_sum
+
+
+def count_recomputed_layers(backend) -> list[int]:
+    """A counter of decoder-layer calls made inside ``engine.backward`` (gradient checkpointing's
+    recomputation); stays 0 for the single backend, which has no engine."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    calls, inside, recomputed = [0], [False], [0]
+    for layer in [m for m in backend.model.modules() if isinstance(m, GradientCheckpointingLayer)]:
+        layer.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + inside[0]))
+    engine = getattr(backend, "engine", None)
+    if engine is not None:
+        backward = engine.backward
+
+        def counted(*a, **k):
+            inside[0], calls[0] = True, 0
+            try:
+                return backward(*a, **k)
+            finally:
+                inside[0] = False
+                recomputed[0] += calls[0]
+
+        engine.backward = counted
+    return recomputed
+
+
+def save_and_check(backend, cfg, run_dir: str) -> list[str]:
+    """``save_checkpoint`` with ``os.fsync`` recording what it syncs; the files of the checkpoint
+    that no rank fsynced (relative paths, on rank 0)."""
+    import os
+
+    from rlkit.checkpoint import save_checkpoint
+    from rlkit.data import PromptSampler
+    from rlkit.scoring import build_reward
+
+    synced, real_fsync = set(), os.fsync
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        synced.add((st.st_dev, st.st_ino))
+        return real_fsync(fd)
+
+    os.fsync = fsync
+    try:
+        final = save_checkpoint(run_dir, 1, backend, PromptSampler([{"prompt": "1+1", "answer": "2"}], 0),
+                                build_reward(cfg.rewards), cfg)
+    finally:
+        os.fsync = real_fsync
+    everyone = set().union(*backend.all_gather_object(synced))
+    files = [p for p in Path(final).rglob("*") if p.is_file()]
+    assert any("deepspeed" in p.parts for p in files) or backend.world_size == 1
+    return sorted(str(p.relative_to(final)) for p in files if (p.stat().st_dev, p.stat().st_ino) not in everyone)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
@@ -51,12 +134,24 @@ def main() -> None:
     parser.add_argument("--idle-rank", action="store_true", help="rank 0 takes every row; the others none")
     parser.add_argument("--advantage", default="grpo",
                         help="estimator run on each rank's own rows (batch statistics over all ranks)")
+    parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--kl-mode", default="none", choices=["none", "loss", "reward"])
+    parser.add_argument("--reference", default=None, help="model.reference (default: the starting policy)")
+    parser.add_argument("--lora", type=int, default=0, help="model.lora.r")
+    parser.add_argument("--gc", action="store_true", help="model.gradient_checkpointing")
+    parser.add_argument("--save", default=None, help="write a checkpoint into this run folder after the steps")
     parser.add_argument("--local_rank", type=int, default=0)  # set by the deepspeed launcher
     args = parser.parse_args()
-    cfg = load_config(None, [
+    overrides = [
         f"model.path={args.model}", "model.autocast_bf16=false", "train.lr=1e-2", "train.grad_clip=1e9",
         "train.threads=1", f"train.micro_batch_size={args.micro}", "algo.loss_agg=token_mean",
-        f"backend.name={'single' if args.single else 'deepspeed'}", f"backend.zero_stage={args.stage}"])
+        f"backend.name={'single' if args.single else 'deepspeed'}", f"backend.zero_stage={args.stage}",
+        f"model.lora.r={args.lora}", f"model.gradient_checkpointing={str(args.gc).lower()}"]
+    if args.kl_mode != "none":
+        overrides += ["algo.kl_coef=0.5", f"algo.kl_mode={args.kl_mode}", "algo.kl_estimator=k3"]
+    if args.reference:
+        overrides.append(f"model.reference={args.reference}")
+    cfg = load_config(None, overrides)
     torch.manual_seed(0)
     backend = make_backend(cfg, total_optimizer_steps=10)
     rank = getattr(backend, "rank", 0)
@@ -65,28 +160,25 @@ def main() -> None:
     mine = [i for i in range(batch.size) if int(batch.group_ids[i]) % world == rank]
     if args.idle_rank:
         mine = list(range(batch.size)) if rank == 0 else []
-    local = batch.select(mine)
-    estimator = get_advantage(args.advantage)
-    inputs = estimator_inputs(estimator, {"all_reduce": backend.all_reduce, "input_ids": local.input_ids,
-                                          "token_rewards": local.outcome_token_rewards(local.scores)})
-    local.advantages = estimator(local.scores, local.group_ids, local.loss_mask, **inputs)
-    counts = [local.size, int(local.loss_mask.sum())]
-    seqs, tokens = backend.all_reduce(counts) if world > 1 else counts
-    loss_fn = make_loss_fn(cfg.algo, int(seqs), int(tokens), max_len=8, metric_tokens=int(tokens))
-    micro = [local.select(idx) for idx in torch.arange(local.size).split(cfg.train.micro_batch_size) if idx.numel()]
-    filler = batch.select(torch.arange(1))
-    filler.advantages = torch.zeros(filler.loss_mask.shape)
-    metrics = backend.train_step(micro, loss_fn, filler=filler)
+    recomputed = count_recomputed_layers(backend)
+    losses, norms, kls = [], [], []
+    for _ in range(args.steps):
+        metrics, kl_sum = step(backend, cfg, batch, mine, args)
+        losses.append(metrics["loss/policy"])
+        norms.append(metrics["grad_norm"])
+        kls.append(metrics["kl_ref"] if args.kl_mode == "loss" else kl_sum)
     checksum = 0.0
     first = None
     for name, tensor in backend.named_parameters():
         checksum += float(tensor.double().abs().sum())
         if first is None:
             first = tensor.detach().flatten()[:5].tolist()
+    unsynced = save_and_check(backend, cfg, args.save) if args.save else None
     if rank == 0:
         Path(args.out).write_text(json.dumps({
-            "loss": metrics["loss/policy"], "grad_norm": metrics["grad_norm"], "checksum": checksum,
-            "first": first, "world": world, "micro_batches": len(micro)}))
+            "loss": losses[-1], "grad_norm": norms[-1], "checksum": checksum, "losses": losses,
+            "grad_norms": norms, "kls": kls, "first": first, "world": world, "unsynced": unsynced,
+            "recomputed_layer_calls": recomputed[0]}))
     backend.close()  # leave the process group before exit (gloo threads can abort a late exit)
 
 

@@ -8,7 +8,10 @@ so they differ from the checkpoint vLLM started from.  Before ``update_weights``
 completions must differ from the perturbed policy; after ``update_weights(backend.named_parameters())``
 vLLM's greedy token ids must equal HF ``generate`` and the log-probs vLLM reports (greedy and
 temperature-1 samples) must match ``forward_logprobs`` on a ``build_batch`` batch (and
-``backend.logprobs``, the trainer's own path).  A second perturbation + update checks that
+``backend.logprobs``, the trainer's own path).  Samples at temperature 0.7 are scored three
+ways: the engine's log-probs, ``backend.logprobs`` of a trainer configured with
+``rollout.temperature=0.7``, and a plain forward pass with ``log_softmax(logits / 0.7)`` (the
+sampling distribution); all three must agree.  A second perturbation + update checks that
 weights reload more than once.
 
 vLLM on CPU needs the entry point guarded by ``if __name__ == "__main__"`` and
@@ -44,6 +47,20 @@ def hf_greedy(model, prompt_ids: list[list[int]], max_new_tokens: int, eos_id: i
     return out
 
 
+def sampling_logprobs(model, prompt_ids, gens, temperature: float):
+    """Log-probs of the generated tokens under ``softmax(logits / temperature)``: one plain
+    forward pass per completion, independent of rlkit's forward passes (flattened)."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for prompt, g in zip(prompt_ids, gens):
+            logits = model(torch.tensor([prompt + g.token_ids])).logits[0, len(prompt) - 1:-1].float()
+            lp = torch.log_softmax(logits / temperature, dim=-1)
+            out.append(lp.gather(1, torch.tensor(g.token_ids)[:, None])[:, 0])
+    return torch.cat(out)
+
+
 def trainer_logprobs(backend, prompt_ids, gens, pad_id: int):
     """(trainer log-probs, engine log-probs) of the generated tokens, flattened.
 
@@ -77,6 +94,7 @@ def main() -> int:
 
     import torch
 
+    from rlkit.batch import build_batch
     from rlkit.config import DataConfig, RolloutConfig, load_config
     from rlkit.data import prompt_token_ids
     from rlkit.dist.single import SingleBackend
@@ -117,6 +135,24 @@ def main() -> int:
     lp_trainer_s, lp_engine_s = trainer_logprobs(backend, [prompt_ids[g.prompt_index] for g in sampled],
                                                  sampled, pad)
 
+    # Temperature 0.7: the engine reports log-probs of the sampling distribution softmax(logits / T),
+    # and so does a trainer whose config says rollout.temperature=0.7 (its policy and reference).
+    T = 0.7
+    cfg_t = load_config(None, [f"model.path={args.model_dir}", "model.autocast_bf16=false", "backend.device=cpu",
+                               f"rollout.temperature={T}", "algo.kl_coef=0.1"])
+    backend_t = SingleBackend(cfg_t, total_optimizer_steps=1)
+    backend_t.model.load_state_dict(model.state_dict())
+    backend_t.ref_model.load_state_dict(model.state_dict())
+    sampled_t = engine.generate(prompt_ids[:2], Sampling(n=3, max_new_tokens=args.max_new_tokens, temperature=T))
+    prompts_t = [prompt_ids[g.prompt_index] for g in sampled_t]
+    batch_t = build_batch(prompt_ids=prompts_t, completion_ids=[g.token_ids for g in sampled_t],
+                          group_ids=list(range(len(sampled_t))), finished=[g.finished for g in sampled_t],
+                          pad_token_id=pad, rollout_logprobs=[g.logprobs for g in sampled_t])
+    lp_trainer_t = backend_t.logprobs(batch_t, micro_batch_size=4)[batch_t.loss_mask]
+    lp_ref_t = backend_t.ref_logprobs(batch_t, micro_batch_size=4)[batch_t.loss_mask]
+    lp_engine_t = batch_t.rollout_logprobs[batch_t.loss_mask]
+    lp_sampling_t = sampling_logprobs(model, prompts_t, sampled_t, T)
+
     # A second, different update must replace the first one (weights reload more than once).
     with torch.no_grad():
         for p in model.parameters():
@@ -132,6 +168,12 @@ def main() -> int:
         "second_update_logprob_max_abs": float((lp_trainer_2 - lp_engine_2).abs().max()),
         "sampled_num_tokens": int(lp_engine_s.numel()),
         "sampled_logprob_max_abs": float((lp_trainer_s - lp_engine_s).abs().max()),
+        "t07_num_tokens": int(lp_engine_t.numel()),
+        "t07_engine_vs_sampling": float((lp_engine_t - lp_sampling_t).abs().max()),
+        "t07_trainer_vs_sampling": float((lp_trainer_t - lp_sampling_t).abs().max()),
+        "t07_reference_vs_sampling": float((lp_ref_t - lp_sampling_t).abs().max()),
+        "t07_engine_vs_trainer": float((lp_engine_t - lp_trainer_t).abs().max()),
+        "t07_vs_t1_max_abs": float((lp_sampling_t - sampling_logprobs(model, prompts_t, sampled_t, 1.0)).abs().max()),
         "hf_ids": hf_ids,
         "vllm_ids_before": [g.token_ids for g in before],
         "vllm_ids_after": [g.token_ids for g in after],

@@ -1,0 +1,112 @@
+"""Load-time checks that need more than the config's types: the functions a config names.
+
+``check_callables(cfg)`` imports every reward ``fn`` and the advantage estimator and checks the
+keyword arguments the config gives them (``rewards.functions[i].kwargs``,
+``algo.advantage_kwargs``) against their signatures, so a typo or a missing module fails when the
+config loads (exit code 2, the key named) rather than at step 1 after the engines started.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+# The columns every reward call receives (rlkit/scoring.py); binding one of them in kwargs
+# would be overridden by the call, so it is refused.
+_REWARD_CALL_ARGS = ("completions", "prompts", "completion_ids", "completion_offsets")
+# What the trainer passes every estimator positionally (rlkit/algorithms/advantages.py).
+_ESTIMATOR_ARGS = ("scores", "group_ids", "loss_mask")
+
+
+def accepted_keywords(fn: Callable, skip: tuple[str, ...] = (), reward: bool = False) -> tuple[list[str], bool]:
+    """(the keyword arguments ``fn`` names, whether it accepts any other keyword); for a class,
+    those of its ``__init__``.  Parameters in ``skip`` are left out of the names.  A reward
+    *function* takes ``**columns`` by contract (dataset columns it does not use), so with
+    ``reward`` its ``**`` parameter does not make it accept anything: a keyword bound there would
+    be swallowed silently."""
+    target = fn.__init__ if inspect.isclass(fn) else fn
+    try:
+        params = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: nothing can be checked
+        return [], True
+    names = [p.name for p in params
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in skip and p.name != "self"]
+    var_keyword = any(p.kind == p.VAR_KEYWORD for p in params)
+    return names, var_keyword and (inspect.isclass(fn) or not reward)
+
+
+def unknown_keywords(fn: Callable, kwargs: dict, skip: tuple[str, ...] = (),
+                     reward: bool = False) -> tuple[list[str], list[str]]:
+    """(the keys of ``kwargs`` that ``fn`` does not accept, the names it does); see
+    ``accepted_keywords``."""
+    names, open_ended = accepted_keywords(fn, skip, reward)
+    if open_ended:
+        return [], names
+    return [k for k in kwargs if k not in names or k in skip], names
+
+
+def check_callables(cfg: Any, error: Callable[[str, str], None]) -> None:
+    """Import the reward functions and the estimator named in ``cfg`` and check their kwargs;
+    ``error(key, message)`` raises."""
+    from rewards.pool import load_callable
+    from rlkit.algorithms.advantages import get_advantage
+    from rlkit.algorithms.credit import CREDIT_MODES, credit_step_rewards
+
+    names: list[str] = []
+    for i, spec in enumerate(cfg.rewards.functions):
+        key = f"rewards.functions[{i}]"
+        try:
+            fn = load_callable(spec.fn)
+        except Exception as exc:  # noqa: BLE001 - any import failure is the config's error
+            error(f"{key}.fn", f"cannot import {spec.fn!r}: {type(exc).__name__}: {exc}")
+        skip = () if inspect.isclass(fn) else _REWARD_CALL_ARGS
+        bad, known = unknown_keywords(fn, spec.kwargs, skip, reward=True)
+        if bad:
+            error(f"{key}.kwargs", f"{spec.fn} takes no argument {', '.join(map(repr, bad))}; "
+                  f"it accepts: {', '.join(known) or 'none'}")
+        if spec.step_credit not in CREDIT_MODES:
+            error(f"{key}.step_credit", f"unknown credit {spec.step_credit!r}; choose {', '.join(CREDIT_MODES)}")
+        bad, known = unknown_keywords(credit_step_rewards, spec.step_credit_kwargs, ("step_rewards", "mode"))
+        if bad:
+            error(f"{key}.step_credit_kwargs", f"no argument {', '.join(map(repr, bad))}; accepted: {', '.join(known)}")
+        name = spec.name or spec.fn.rsplit(":", 1)[-1]
+        if name in names:
+            error(f"{key}.name", f"two reward components are named {name!r}; set `name:` on one")
+        names.append(name)
+    component = cfg.rewards.accuracy_component
+    # The default ("correctness") may name nothing: then no accuracy is reported.  A name the
+    # user chose must exist, or a typo would silently report none.
+    default = type(cfg.rewards)().accuracy_component
+    if component not in (None, default) and component not in names:
+        error("rewards.accuracy_component", f"{component!r} is not a reward component "
+              f"(components: {', '.join(names)}); name one of them, or null")
+    try:
+        estimator = get_advantage(cfg.algo.advantage)
+    except ValueError as exc:
+        error("algo.advantage", str(exc))
+    skip = _ESTIMATOR_ARGS + tuple(getattr(estimator, "inputs", ()))
+    bad, known = unknown_keywords(estimator, cfg.algo.advantage_kwargs, skip)
+    if bad:
+        error("algo.advantage_kwargs", f"estimator {cfg.algo.advantage!r} takes no argument "
+              f"{', '.join(map(repr, bad))}; it accepts: {', '.join(known) or 'none'}")
+
+
+def check_launch(cfg: Any, error: Callable[[str, str], None], environ: dict) -> None:
+    """What the launch decides (``WORLD_SIZE`` is set by the launcher before the config loads)
+    and the hardware: refused here rather than when the engines start."""
+    world = int(environ.get("WORLD_SIZE", "1"))
+    tp = 1 if cfg.rollout.backend == "vllm_server" else cfg.rollout.tensor_parallel_size
+    if world % tp:
+        error("rollout.tensor_parallel_size", f"{tp} must divide the number of ranks ({world})")
+    if world == 1 and tp > 1 and cfg.rollout.backend == "vllm":
+        error("rollout.tensor_parallel_size", "> 1 needs a launcher with that many ranks per engine "
+              "(scripts/train.sh); one process drives a single-device engine")
+    if cfg.train.prompts_per_step < world:
+        error("train.prompts_per_step", f"{cfg.train.prompts_per_step} is smaller than the number of ranks "
+              f"({world}); every rank needs at least one prompt a step")
+    if world > 1 and cfg.backend.name != "deepspeed":
+        error("backend.name", f"{world} ranks (WORLD_SIZE) need backend.name=deepspeed")
+    if cfg.rollout.sleep and cfg.rollout.backend == "vllm":
+        import torch
+
+        if not torch.cuda.is_available():
+            error("rollout.sleep", "frees GPU memory between steps; it needs CUDA")
