@@ -56,7 +56,7 @@ class ImplicitPRM:
         """Build the PRM's backend (from the run's config: its backend kind, device, dtype and
         autocast; this module's model, lr and gradient clip; no LoRA, KL or entropy; temperature 1)
         and load the frozen reference."""
-        from rlkit.dist import make_backend
+        from rlkit.backends import make_backend
         from rlkit.models import load_causal_lm
 
         cfg = context.cfg
@@ -103,7 +103,7 @@ class ImplicitPRM:
         return metrics
 
     def _ref_logprobs(self, batch):
-        from rlkit.dist.single import batched_logprobs
+        from rlkit.backends.single import batched_logprobs
 
         return batched_logprobs(self.ref_model, batch, self.micro_batch_size, self.backend.device, self.autocast)
 

@@ -26,7 +26,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class LoraConfig:
-    """PEFT LoRA adapters on the policy (``r: 0`` = full fine-tuning); see rlkit/dist/lora.py."""
+    """PEFT LoRA adapters on the policy (``r: 0`` = full fine-tuning); see rlkit/backends/lora.py."""
     r: int = 0
     alpha: float = 16.0
     dropout: float = 0.0
@@ -134,7 +134,7 @@ class TrainConfig:
     seed: int = 0
     output_dir: str = "runs/latest"
     skip_zero_advantage: bool = True  # rows with all-zero advantages add no gradient: skip their backward
-    share_prompt_prefix: bool = True  # run each distinct prompt once per micro-batch (rlkit/dist/prefix.py)
+    share_prompt_prefix: bool = True  # run each distinct prompt once per micro-batch (rlkit/backends/prefix.py)
     save_final: bool = True           # export the final policy in Hugging Face format to <output_dir>/final
     save_every: int = 0               # checkpoint every N steps (0: only at the last step); rlkit/checkpoint.py
     keep_checkpoints: int = 2         # newest checkpoints kept (0 = all)

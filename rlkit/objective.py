@@ -19,7 +19,7 @@ def make_loss_fn(algo, num_seqs: int, num_tokens: int, max_len: int, metric_toke
 
     ``metric_tokens`` normalises the logged token means (over the rows actually trained on).
     Metrics whose name ends in ``_max`` are maxima: backends and ``optimize`` combine them with
-    ``max`` (``rlkit.dist.combine_metric``), all others by summing.
+    ``max`` (``rlkit.backends.combine_metric``), all others by summing.
     """
     policy_loss = get_loss(algo.loss)
     denom = max(metric_tokens, 1)

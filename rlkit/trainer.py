@@ -24,8 +24,8 @@ from rlkit.checkpoint import resume, save_checkpoint, should_save, start_point
 from rlkit.config import Config, check_config, overlong_tokens, save_config
 from rlkit.critic import critic_config, make_value_loss_fn
 from rlkit.data import PromptSampler, load_rows, tokenize_prompts
-from rlkit.dist import combine_metric, make_backend
-from rlkit.dist.sharding import RankShare
+from rlkit.backends import combine_metric, make_backend
+from rlkit.backends.sharding import RankShare
 from rlkit.eval.heldout import heldout_records, is_accuracy, summarize_heldout
 from rlkit.eval.runner import BestCheckpoint, evaluate_benchmarks
 from rlkit.logging import MetricsLogger, PhaseTimer
@@ -42,7 +42,7 @@ def train(cfg: Config) -> dict:
 
     With ``train.resume`` the run continues after the checkpoint's step (rlkit/checkpoint.py).
     Under a data-parallel backend every rank runs this same loop on its share of the prompts
-    (rlkit/dist/sharding.py); the main rank logs and writes the shared files.
+    (rlkit/backends/sharding.py); the main rank logs and writes the shared files.
     """
     check_config(cfg)  # as load_config does, for a Config built in Python
     run_dir = Path(cfg.train.output_dir)

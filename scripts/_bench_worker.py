@@ -301,7 +301,7 @@ def forward_backward(model, batch, autocast: bool) -> float:
     block-wise log-probs, no entropy, no shared prompt) and a policy-gradient loss with stand-in advantages."""
     import torch
 
-    from rlkit.dist.single import forward_logprobs
+    from rlkit.backends.single import forward_logprobs
 
     sync = torch.cuda.synchronize if batch.input_ids.is_cuda else (lambda: None)
     sync()

@@ -115,7 +115,7 @@ def memory_child(args) -> dict:
 
     from rlkit.batch import build_batch
     from rlkit.config import load_config
-    from rlkit.dist.single import SingleBackend
+    from rlkit.backends.single import SingleBackend
     from rlkit.models import recompute_activations
 
     cfg = load_config(args.config, [*args.overrides, "backend.name=single", "train.share_prompt_prefix=false",

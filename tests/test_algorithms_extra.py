@@ -256,7 +256,7 @@ def _tiny_batch(scores, groups, lengths):
 
 
 def test_dynamic_sampling_keeps_varied_groups_and_the_earliest_ones():
-    from rlkit.dist.collectives import LocalCollectives
+    from rlkit.backends.collectives import LocalCollectives
     from rlkit.sampling import first_groups, varied_group_rows
 
     batch = _tiny_batch([1, 1, 0, 1, 0, 0, 1, 0, 5], [0, 0, 1, 1, 2, 2, 3, 3, 4], [1] * 9)

@@ -257,7 +257,7 @@ def reference_logprobs(model, batch: RolloutBatch) -> torch.Tensor:
 
 
 def test_forward_logprobs_follow_the_alignment_rule(tiny_model):
-    from rlkit.dist.single import forward_logprobs
+    from rlkit.backends.single import forward_logprobs
     from rlkit.models import load_causal_lm
 
     model = load_causal_lm(tiny_model, "float32", "cpu")
@@ -273,7 +273,7 @@ def test_forward_logprobs_follow_the_alignment_rule(tiny_model):
 
 
 def test_forward_logprobs_with_an_empty_completion_row(tiny_model):
-    from rlkit.dist.single import forward_logprobs
+    from rlkit.backends.single import forward_logprobs
     from rlkit.models import load_causal_lm
 
     model = load_causal_lm(tiny_model, "float32", "cpu")

@@ -64,7 +64,7 @@ def keep_rng():
 def build_parts(tiny_model: str, run_dir: Path, *extra: str):
     """(cfg, backend, sampler, reward) of a run on the tiny model, built in this process."""
     from rlkit.data import PromptSampler, load_rows
-    from rlkit.dist.single import SingleBackend
+    from rlkit.backends.single import SingleBackend
     from rlkit.scoring import build_reward
 
     cfg = load_config(None, tiny_overrides(tiny_model, train__output_dir=run_dir) + [COUNTING, *extra])
@@ -273,7 +273,7 @@ def test_rng_states_round_trip_through_torch_load(tmp_path, keep_rng):
 
 def test_lr_schedule_follows_the_config_on_resume(tiny_model, tmp_path, one_thread):
     """Raising train.steps of a cosine run continues on the new schedule, not the saved one."""
-    from rlkit.dist.single import SingleBackend, lr_lambda
+    from rlkit.backends.single import SingleBackend, lr_lambda
 
     lr = 1e-3
     short = load_config(None, tiny_overrides(tiny_model, train__lr=lr, train__lr_schedule="cosine"))

@@ -185,7 +185,7 @@ def test_resolve_lora_checkpoint_merges_the_adapters(tiny_model, tmp_path, one_t
 
     import torch
 
-    from rlkit.dist.lora import apply_lora
+    from rlkit.backends.lora import apply_lora
     from rlkit.eval.runner import resolve_eval_model
     from rlkit.models import load_causal_lm
 
@@ -209,7 +209,7 @@ def test_resolve_lora_checkpoint_merges_the_adapters(tiny_model, tmp_path, one_t
 def _two_shares(rollout, tokenizer, specs):
     """evaluate_benchmarks as ranks 0 and 1 of two data-parallel engines (run one after the other
     here, with the gather answering what the other rank contributed); rank 0's metrics."""
-    from rlkit.dist.sharding import RankShare
+    from rlkit.backends.sharding import RankShare
     from rlkit.eval.runner import evaluate_benchmarks
 
     contributed = {}

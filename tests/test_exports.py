@@ -12,7 +12,7 @@ import torch
 
 from conftest import tiny_overrides
 from rlkit.config import load_config
-from rlkit.dist.single import SingleBackend
+from rlkit.backends.single import SingleBackend
 from rlkit.models import load_tokenizer
 
 

@@ -17,7 +17,7 @@ import torch
 from conftest import tiny_overrides
 from rlkit.batch import build_batch
 from rlkit.config import load_config
-from rlkit.dist.single import SingleBackend
+from rlkit.backends.single import SingleBackend
 from rlkit.testing import make_tiny_model
 
 LAYERS = 2  # make_tiny_model's default

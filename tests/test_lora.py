@@ -17,7 +17,7 @@ COUNTING = "rewards.functions=[{fn: 'rlkit.testing_rewards:CountingReward', name
 
 
 def lora_backend(tiny_model, *extra):
-    from rlkit.dist.single import SingleBackend
+    from rlkit.backends.single import SingleBackend
 
     cfg = load_config(None, tiny_overrides(tiny_model, model__lora__r=4, model__lora__alpha=8) + [TARGETS, *extra])
     backend = SingleBackend(cfg, 10)

@@ -54,7 +54,7 @@ def test_critic_loss_goes_down_on_a_fixed_batch(tiny_model, one_thread):
     from rlkit.batch import build_batch
     from rlkit.config import load_config
     from rlkit.critic import critic_config, make_value_loss_fn
-    from rlkit.dist import make_backend
+    from rlkit.backends import make_backend
 
     cfg = load_config(PPO, tiny_overrides(tiny_model) + ["critic.lr=1e-3"])
     critic = make_backend(critic_config(cfg), 50, role="critic")

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from rlkit.batch import build_batch
-from rlkit.dist.prefix import forward_logprobs_shared
-from rlkit.dist.single import forward_logprobs
+from rlkit.backends.prefix import forward_logprobs_shared
+from rlkit.backends.single import forward_logprobs
 from rlkit.models import load_causal_lm
 from rlkit.testing import make_tiny_model
 

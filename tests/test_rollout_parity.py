@@ -71,7 +71,7 @@ def test_vllm_second_update_replaces_the_first(vllm_parity):
 def test_hf_rollout_matches_generate_and_trainer_logprobs(tiny_model, one_thread):
     """HFRollout (left-padded, batched) vs one-prompt greedy generate and forward_logprobs."""
     from rlkit.batch import build_batch
-    from rlkit.dist.single import forward_logprobs
+    from rlkit.backends.single import forward_logprobs
     from rlkit.models import load_causal_lm, load_tokenizer
     from rlkit.rollout import Sampling
     from rlkit.rollout.hf import HFRollout
@@ -120,7 +120,7 @@ def test_hf_rollout_and_trainer_score_the_sampling_distribution_at_temperature_0
     tokens, so >= the trainer's) while the trainer scores the untruncated one."""
     from rlkit.batch import build_batch
     from rlkit.config import load_config
-    from rlkit.dist.single import SingleBackend
+    from rlkit.backends.single import SingleBackend
     from rlkit.models import load_tokenizer
     from rlkit.rollout import Sampling
     from rlkit.rollout.hf import HFRollout

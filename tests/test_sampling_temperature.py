@@ -8,9 +8,9 @@ import torch
 
 from rlkit.batch import build_batch
 from rlkit.config import load_config
-from rlkit.dist.prefix import forward_logprobs_shared
-from rlkit.dist.single import SingleBackend, forward_logprobs
-from rlkit.dist.token_logprobs import token_logprobs
+from rlkit.backends.prefix import forward_logprobs_shared
+from rlkit.backends.single import SingleBackend, forward_logprobs
+from rlkit.backends.token_logprobs import token_logprobs
 
 T = 0.7
 

@@ -6,9 +6,9 @@ import torch
 
 from rlkit.algorithms.losses import entropy_from_logits
 from rlkit.batch import build_batch
-from rlkit.dist.prefix import forward_logprobs_shared
-from rlkit.dist.single import forward_logprobs
-from rlkit.dist.token_logprobs import token_logprobs
+from rlkit.backends.prefix import forward_logprobs_shared
+from rlkit.backends.single import forward_logprobs
+from rlkit.backends.token_logprobs import token_logprobs
 from rlkit.models import load_causal_lm
 from rlkit.testing import make_tiny_model
 

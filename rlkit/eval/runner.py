@@ -314,7 +314,7 @@ def _merge_lora(weights_path: Path, base: Path, lora: dict, out: Path) -> None:
 
     from rlkit.checkpoint import CheckpointError, load_weights, save_weights
     from rlkit.config import LoraConfig
-    from rlkit.dist.lora import apply_lora, merged_weights
+    from rlkit.backends.lora import apply_lora, merged_weights
     from rlkit.models import load_causal_lm
 
     cfg = SimpleNamespace(**{**asdict(LoraConfig()), **lora})

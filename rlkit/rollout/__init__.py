@@ -9,7 +9,7 @@ Every backend reports each sampled token's log-prob under the distribution it wa
 from: ``softmax(logits / temperature)``, truncated to the top-p set and renormalised when
 ``top_p < 1`` (``softmax(logits)`` for greedy decoding).  The trainer scores
 ``softmax(logits / temperature)`` with the same ``rollout.temperature``
-(``rlkit.dist.at_sampling_temperature``), so the two agree up to rounding at ``top_p = 1``;
+(``rlkit.backends.at_sampling_temperature``), so the two agree up to rounding at ``top_p = 1``;
 with ``top_p < 1`` each engine log-prob is higher by minus the log of the kept probability mass
 (the trainer's is the untruncated policy, the engine's the distribution actually sampled), which
 ``rollout/logp_gap_mean`` shows and ``algo.rollout_correction`` weights by.

@@ -7,7 +7,7 @@ On CPU, vLLM reads ``gpu_memory_utilization`` as a share of host memory for its 
 
 Log-probs: the engine runs with ``logprobs_mode="processed_logprobs"``, so each sampled token's
 log-prob is taken from the distribution it was drawn from (logits / temperature, then top-p
-truncated and renormalised), the one the trainer scores (``rlkit.dist.at_sampling_temperature``);
+truncated and renormalised), the one the trainer scores (``rlkit.backends.at_sampling_temperature``);
 vLLM's default, ``raw_logprobs``, would report ``softmax(logits)`` whatever the temperature.
 Greedy requests report ``softmax(logits)``.  On CUDA with ``top_p < 1`` this mode makes vLLM
 sample top-p in PyTorch instead of with FlashInfer's kernel (which cannot return the log-probs).

@@ -36,7 +36,7 @@ def main(model_dir: str, run_dir: str) -> None:
     from rlkit.checkpoint import save_checkpoint
     from rlkit.config import load_config
     from rlkit.data import PromptSampler, load_rows
-    from rlkit.dist.single import SingleBackend
+    from rlkit.backends.single import SingleBackend
     from rlkit.scoring import build_reward
 
     cfg = load_config(None, [

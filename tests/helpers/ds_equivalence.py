@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from rlkit.algorithms.advantages import estimator_inputs, get_advantage  # noqa: E402
 from rlkit.batch import build_batch  # noqa: E402
 from rlkit.config import load_config  # noqa: E402
-from rlkit.dist import make_backend  # noqa: E402
+from rlkit.backends import make_backend  # noqa: E402
 from rlkit.objective import kl_shaped_scores, make_loss_fn  # noqa: E402
 
 GROUPS, K = 5, 3

@@ -70,7 +70,7 @@ def trainer_logprobs(backend, prompt_ids, gens, pad_id: int):
     import torch
 
     from rlkit.batch import build_batch
-    from rlkit.dist.single import forward_logprobs
+    from rlkit.backends.single import forward_logprobs
 
     batch = build_batch(prompt_ids=prompt_ids, completion_ids=[g.token_ids for g in gens],
                         group_ids=list(range(len(gens))), finished=[g.finished for g in gens],
@@ -97,7 +97,7 @@ def main() -> int:
     from rlkit.batch import build_batch
     from rlkit.config import DataConfig, RolloutConfig, load_config
     from rlkit.data import prompt_token_ids
-    from rlkit.dist.single import SingleBackend
+    from rlkit.backends.single import SingleBackend
     from rlkit.models import load_tokenizer
     from rlkit.rollout import Sampling
     from rlkit.rollout.vllm import VLLMRollout

@@ -16,11 +16,11 @@ from typing import Iterator
 import torch
 
 from rlkit.batch import RolloutBatch
-from rlkit.dist import LossFn, at_sampling_temperature, combine_metric
-from rlkit.dist.collectives import TorchCollectives
-from rlkit.dist.lora import apply_lora, is_lora, merged_weights, save_adapter
-from rlkit.dist.prefix import forward_logprobs_shared
-from rlkit.dist.single import forward_logprobs, lr_lambda, training_forward
+from rlkit.backends import LossFn, at_sampling_temperature, combine_metric
+from rlkit.backends.collectives import TorchCollectives
+from rlkit.backends.lora import apply_lora, is_lora, merged_weights, save_adapter
+from rlkit.backends.prefix import forward_logprobs_shared
+from rlkit.backends.single import forward_logprobs, lr_lambda, training_forward
 from rlkit.models import load_causal_lm, recompute_activations, resolve_model_path
 
 
@@ -238,7 +238,7 @@ class DeepSpeedBackend(TorchCollectives):
         ``extra_files``, name -> text, in the same atomic export)."""
         import os
 
-        from rlkit.dist.single import atomic_save_pretrained
+        from rlkit.backends.single import atomic_save_pretrained
 
         state = self._full_state_on_main()
         model, also, adapters = self.model, None, []

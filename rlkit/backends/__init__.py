@@ -39,7 +39,7 @@ class TrainBackend(Protocol):
 
     def save_pretrained(self, path: str, tokenizer, extra_files: dict[str, str] | None = None) -> None: ...
 
-    # collectives (rlkit/dist/collectives.py): identities in one process
+    # collectives (rlkit/backends/collectives.py): identities in one process
     rank: int
     world_size: int
     is_main: bool
@@ -88,11 +88,11 @@ def make_backend(cfg, total_optimizer_steps: int, role: str = "policy") -> Train
     """The training backend named by ``backend.name``; ``role="critic"`` trains a value model
     (rlkit/critic.py) with the same machinery."""
     if cfg.backend.name == "single":
-        from rlkit.dist.single import SingleBackend
+        from rlkit.backends.single import SingleBackend
 
         return SingleBackend(cfg, total_optimizer_steps, role)
     if cfg.backend.name == "deepspeed":
-        from rlkit.dist.deepspeed import DeepSpeedBackend
+        from rlkit.backends.deepspeed import DeepSpeedBackend
 
         return DeepSpeedBackend(cfg, total_optimizer_steps, role)
     raise ValueError(f"unknown training backend {cfg.backend.name!r}; choose single or deepspeed")

@@ -14,7 +14,7 @@ import contextlib
 
 import torch
 
-from rlkit.dist.token_logprobs import token_logprobs
+from rlkit.backends.token_logprobs import token_logprobs
 
 
 def _gathered_cache(cache, rows: torch.Tensor):

@@ -13,11 +13,11 @@ from typing import Iterator
 import torch
 
 from rlkit.batch import RolloutBatch
-from rlkit.dist import LossFn, at_sampling_temperature, combine_metric, resolve_device
-from rlkit.dist.collectives import LocalCollectives
-from rlkit.dist.lora import apply_lora, is_lora, merged_weights, save_adapter
-from rlkit.dist.prefix import forward_logprobs_shared
-from rlkit.dist.token_logprobs import token_logprobs
+from rlkit.backends import LossFn, at_sampling_temperature, combine_metric, resolve_device
+from rlkit.backends.collectives import LocalCollectives
+from rlkit.backends.lora import apply_lora, is_lora, merged_weights, save_adapter
+from rlkit.backends.prefix import forward_logprobs_shared
+from rlkit.backends.token_logprobs import token_logprobs
 from rlkit.models import load_causal_lm, recompute_activations
 
 
@@ -39,7 +39,7 @@ def forward_logprobs(model, micro: RolloutBatch, with_entropy: bool, autocast: b
                      temperature: float = 1.0):
     """Per-token log-probs ``[b, T]`` (aligned as in batch.py, 0 outside ``loss_mask``) and
     optionally entropies, of ``softmax(logits / temperature)`` (the backends pass the sampling
-    temperature: ``rlkit.dist.policy_forward``).  One forward pass over every row's prompt +
+    temperature: ``rlkit.backends.policy_forward``).  One forward pass over every row's prompt +
     completion.
 
     The LM head only runs on the positions that predict completion tokens (``logits_to_keep``),
@@ -181,7 +181,7 @@ class SingleBackend(LocalCollectives):
 
     def sync_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """What the rollout engine needs after a step: everything, or with LoRA only the merged
-        layers that training can change (rlkit/dist/lora.py)."""
+        layers that training can change (rlkit/backends/lora.py)."""
         if is_lora(self.model):
             return merged_weights(self.model, changed_only=self.cfg.model.lora.bias == "none")
         return self.named_parameters()
