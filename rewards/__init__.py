@@ -1,7 +1,9 @@
 """Reward modules for rlkit: the reward contract, ``combine()`` and task rewards.
 
 Importing this package is light (no torch, vLLM or DeepSpeed); task modules such as
-``rewards.math`` are imported explicitly by the user.
+``rewards.math`` are imported explicitly by the user.  Stateful rewards implement
+``StatefulReward`` (or subclass ``RewardModule``); the rewards that build on a model reach rlkit
+only through ``rlkit.reward_api``.
 """
 
 from rewards.core import (
@@ -9,8 +11,10 @@ from rewards.core import (
     Component,
     RewardError,
     RewardOutput,
+    RewardModule,
     RewardResult,
     RowFailure,
+    StatefulReward,
     combine,
     load_callable,
 )
@@ -20,8 +24,10 @@ __all__ = [
     "Component",
     "RewardError",
     "RewardOutput",
+    "RewardModule",
     "RewardResult",
     "RowFailure",
+    "StatefulReward",
     "combine",
     "load_callable",
 ]

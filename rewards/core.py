@@ -14,6 +14,9 @@ models loaded lazily). The rows of a call that timed out are unscored (NaN, coun
 failures) and the run goes on; a sync call that hangs is abandoned in its thread and the
 component is skipped until it returns. A batch call that raises is retried row by row, so
 only the rows that fail are lost. No torch import.
+
+A reward that keeps state across steps implements all of ``StatefulReward`` (most simply by
+subclassing ``RewardModule``); one with only some of its methods is refused (``stateful_part``).
 """
 
 from __future__ import annotations
@@ -21,12 +24,80 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Protocol, runtime_checkable
 
 from rewards.pool import (CallBusy, CallThread, CallTimeout, RewardError, WorkerPool, check_batch,
                           check_picklable, check_values, load_callable, row_columns)
 
 logger = logging.getLogger("rewards")
+
+
+@runtime_checkable
+class StatefulReward(Protocol):
+    """The contract of a reward that keeps state across steps; ``CombinedReward`` calls it by name.
+
+    ``attach(context)``: once, before the first step, with the run's ``rlkit.reward_api.RewardContext``.
+    ``update(batch) -> metrics``: once per step, after scoring; may add token terms to the batch
+    (``batch.add_token_term``); metrics are logged as ``<component>/<key>``.
+    ``state_dict()`` / ``load_state_dict(state)``: small state (numbers, strings, lists, dicts,
+    tensors), written by the main rank into the checkpoint's ``reward.pt``.
+    ``save_state(folder)`` / ``load_state(folder)``: large state the component owns (a training
+    backend's weights and optimizer) in ``folder`` (``reward_state/<component>``, which the component
+    creates); called on every rank, so the writes may be collective.  ``close()``: release resources.
+    """
+
+    def attach(self, context: Any) -> None: ...
+    def update(self, batch: Any) -> dict[str, float]: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def save_state(self, folder: Any) -> None: ...
+    def load_state(self, folder: Any) -> None: ...
+    def close(self) -> None: ...
+
+
+STATEFUL_METHODS = ("attach", "update", "state_dict", "load_state_dict", "save_state", "load_state", "close")
+
+
+class RewardModule:
+    """A ``StatefulReward`` whose methods do nothing: subclass it and override what you need
+    (``__call__`` stays yours)."""
+
+    def attach(self, context: Any) -> None:
+        return None
+
+    def update(self, batch: Any) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+    def save_state(self, folder: Any) -> None:
+        return None
+
+    def load_state(self, folder: Any) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def stateful_part(name: str, fn: Any) -> StatefulReward | None:
+    """``fn`` when it is a ``StatefulReward``, None when it has none of its methods; a ``TypeError``
+    naming the missing methods when it has only some (a missing ``load_state_dict`` would
+    otherwise lose the component's state on resume without a word)."""
+    if isinstance(fn, StatefulReward):
+        return fn
+    present = [m for m in STATEFUL_METHODS if callable(getattr(fn, m, None))]
+    if present:
+        missing = [m for m in STATEFUL_METHODS if m not in present]
+        raise TypeError(f"reward component {name!r} defines {', '.join(present)} but not {', '.join(missing)}: "
+                        "a stateful reward implements all of rewards.StatefulReward (subclass "
+                        "rewards.RewardModule for no-op defaults)")
+    return None
 
 
 @dataclass
@@ -189,6 +260,9 @@ class CombinedReward:
         self.load_grace_s = float(load_grace_s)
         self._pool: WorkerPool | None = None
         self._threads: dict[str, CallThread] = {}
+        # the components that keep state (StatefulReward), by name; a partial one is refused here
+        self.stateful = {name: part for name, comp in components.items()
+                         if (part := stateful_part(name, comp.fn)) is not None}
 
     @property
     def weights(self) -> dict[str, float]:
@@ -323,51 +397,33 @@ class CombinedReward:
         return values, errors
 
     def update(self, batch: Any) -> dict[str, Any]:
-        """Forward ``update(batch)`` to stateful components; metrics come back as name/key."""
+        """``update(batch)`` of every stateful component; metrics come back as name/key."""
         metrics: dict[str, Any] = {}
-        for name, comp in self.components.items():
-            update = getattr(comp.fn, "update", None)
-            if callable(update):
-                for key, value in (update(batch) or {}).items():
-                    metrics[f"{name}/{key}"] = value
+        for name, fn in self.stateful.items():
+            for key, value in (fn.update(batch) or {}).items():
+                metrics[f"{name}/{key}"] = value
         return metrics
 
     def attach(self, context: Any) -> None:
-        """Hand the training run to components that build on it (``attach(context)``; the
-        trainer passes a ``rlkit.trainer.RewardContext``): PRIME's PRM gets its own backend."""
-        for comp in self.components.values():
-            attach = getattr(comp.fn, "attach", None)
-            if callable(attach):
-                attach(context)
+        """Hand the run (a ``rlkit.reward_api.RewardContext``, from the trainer) to every
+        stateful component, once, before the first step."""
+        for fn in self.stateful.values():
+            fn.attach(context)
 
     def save_state(self, folder: Any) -> None:
-        """Components that own a training backend write it into ``folder/<name>/`` (called on
-        every rank: the writes may be collective)."""
-        from pathlib import Path
-
-        for name, comp in self.components.items():
-            save = getattr(comp.fn, "save_state", None)
-            if callable(save):
-                sub = Path(folder) / name
-                sub.mkdir(parents=True, exist_ok=True)
-                save(sub)
+        """``save_state(folder/<name>)`` of every stateful component (on every rank: the writes
+        may be collective); a component that writes creates its folder."""
+        for name, fn in self.stateful.items():
+            fn.save_state(Path(folder) / name)
 
     def load_state(self, folder: Any) -> None:
-        """The counterpart of ``save_state``; a missing folder is an error naming it."""
-        from pathlib import Path
-
-        for name, comp in self.components.items():
-            load = getattr(comp.fn, "load_state", None)
-            if callable(load):
-                sub = Path(folder) / name
-                if not sub.is_dir():
-                    raise RewardError(f"no saved state for reward component {name!r} at {sub}")
-                load(sub)
+        """The counterpart of ``save_state``: ``load_state(folder/<name>)``."""
+        for name, fn in self.stateful.items():
+            fn.load_state(Path(folder) / name)
 
     def state_dict(self) -> dict[str, Any]:
-        """The states of the components that have ``state_dict()``, by component name."""
-        return {name: comp.fn.state_dict() for name, comp in self.components.items()
-                if callable(getattr(comp.fn, "state_dict", None))}
+        """The states of the stateful components, by component name."""
+        return {name: fn.state_dict() for name, fn in self.stateful.items()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         unknown = sorted(set(state) - set(self.components))
@@ -375,25 +431,22 @@ class CombinedReward:
             raise KeyError(f"reward state names unknown components {unknown}; "
                            f"components are {sorted(self.components)}")
         for name, sub in state.items():
-            loader = getattr(self.components[name].fn, "load_state_dict", None)
-            if not callable(loader):
-                raise RewardError(f"reward component {name!r} has no load_state_dict()")
-            loader(sub)
+            if name not in self.stateful:
+                raise RewardError(f"reward component {name!r} is not a stateful reward; it cannot load a state")
+            self.stateful[name].load_state_dict(sub)
 
     def close(self) -> None:
         """Stop the worker processes and the components' call threads (both restart lazily if
         used again; a thread busy with an abandoned call is left to end on its own) and close
-        the components that have ``close()``."""
+        the stateful components."""
         if self._pool is not None:
             self._pool.close()
             self._pool = None
         for thread in self._threads.values():
             thread.close()
         self._threads = {}
-        for comp in self.components.values():
-            close = getattr(comp.fn, "close", None)
-            if callable(close):
-                close()
+        for fn in self.stateful.values():
+            fn.close()
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

@@ -16,18 +16,22 @@ in a training backend of its own (a second DeepSpeed engine in a distributed run
 rewards depend on the PRM's update, which needs the outcome labels of the other components,
 so ``update(batch)`` does the work after the batch is scored: with ``update="before"`` it first
 trains on the batch and then scores it, with ``"after"`` the other way round; either way q is
-added to ``batch.token_rewards`` (times ``coef``), where the ``prime`` advantage estimator
+the batch's token term ``prime`` (times ``coef``), where the ``prime`` advantage estimator
 (rlkit/algorithms/advantages.py) finds it.  The PRM's weights and optimizer are saved with
-every checkpoint (``save_state`` / ``load_state``).
+every checkpoint (``save_state`` / ``load_state``).  The backend and the reference come from the
+run through ``rlkit.reward_api.RewardContext`` (``attach``).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any
 
+from rlkit.reward_api import RewardModule
 
-class ImplicitPRM:
+
+class ImplicitPRM(RewardModule):
     """Keyword arguments (``rewards.functions[].kwargs``): ``model`` (default: the policy's
     starting weights), ``beta`` (0.05), ``lr`` (1e-6), ``grad_clip`` (10), ``update``
     (``before`` | ``after``), ``label_component`` (the reward component whose value is the
@@ -44,7 +48,7 @@ class ImplicitPRM:
         self.model, self.beta, self.lr, self.grad_clip = model, beta, lr, grad_clip
         self.when, self.label_component, self.coef = update, label_component, coef
         self.micro_batch_size = micro_batch_size
-        self.backend = self.ref_model = None
+        self.backend = self.reference = None
         self.updates = 0
 
     def __call__(self, completions: list[str], **columns: Any) -> list[None]:
@@ -53,32 +57,18 @@ class ImplicitPRM:
     # ------------------------------------------------------------------ set-up
 
     def attach(self, context) -> None:
-        """Build the PRM's backend (from the run's config: its backend kind, device, dtype and
-        autocast; this module's model, lr and gradient clip; no LoRA, KL or entropy; temperature 1)
-        and load the frozen reference."""
-        from rlkit.backends import make_backend
-        from rlkit.models import load_causal_lm
-
-        cfg = context.cfg
-        path = self.model or cfg.model.path
-        model = dataclasses.replace(cfg.model, path=path, lora=dataclasses.replace(cfg.model.lora, r=0),
-                                    reference=None)
-        train = dataclasses.replace(cfg.train, lr=self.lr, grad_clip=self.grad_clip, lr_schedule="constant",
-                                    warmup_steps=0, skip_zero_advantage=False)
-        algo = dataclasses.replace(cfg.algo, kl_coef=0.0, entropy_coef=0.0)
+        """Build the PRM's training backend (``context.make_trainable``: the policy's backend kind,
+        device, dtype and autocast; this module's model, lr and gradient clip; no LoRA, KL or
+        entropy; temperature 1) and its frozen reference (``context.make_frozen``)."""
+        self.backend = context.make_trainable(self.model, lr=self.lr, grad_clip=self.grad_clip, temperature=1.0)
         # the implicit PRM scores softmax(logits) like its frozen reference, whatever the sampling temperature
-        rollout = dataclasses.replace(cfg.rollout, temperature=1.0)
-        prm_cfg = dataclasses.replace(cfg, model=model, train=train, algo=algo, rollout=rollout)
-        self.micro_batch_size = self.micro_batch_size or cfg.train.micro_batch_size
-        self.backend = make_backend(prm_cfg, cfg.train.steps)
-        self.ref_model = load_causal_lm(self.backend.model_path, cfg.model.dtype, str(self.backend.device))
-        self.ref_model.requires_grad_(False)
-        self.autocast = cfg.model.autocast_bf16 and cfg.model.dtype == "float32"
+        self.reference = context.make_frozen(self.backend.model_path, device=self.backend.device)
+        self.micro_batch_size = self.micro_batch_size or context.micro_batch_size
 
     # ------------------------------------------------------------------ the step
 
     def update(self, batch) -> dict[str, float]:
-        """Train the PRM on the labelled rows and add q to ``batch.token_rewards`` (order per
+        """Train the PRM on the labelled rows and add q as the token term ``prime`` (order per
         ``update``).  Metrics: ``loss`` and ``accuracy`` (sign of sum_t q_t against the label,
         before this update), ``reward_mean`` / ``reward_std`` (per-row sums of q),
         ``labelled_rows``."""
@@ -92,8 +82,7 @@ class ImplicitPRM:
         metrics = self._train(batch, ref)
         if self.when == "before":
             q = self._token_rewards(batch, ref)
-        base = batch.token_rewards if batch.token_rewards is not None else torch.zeros_like(q)
-        batch.token_rewards = base + self.coef * q
+        batch.add_token_term("prime", self.coef * q)
         sums = q.sum(dim=1)
         count, total, square = self.backend.all_reduce([float(sums.numel()), float(sums.sum()),
                                                         float((sums * sums).sum())])
@@ -103,9 +92,7 @@ class ImplicitPRM:
         return metrics
 
     def _ref_logprobs(self, batch):
-        from rlkit.backends.single import batched_logprobs
-
-        return batched_logprobs(self.ref_model, batch, self.micro_batch_size, self.backend.device, self.autocast)
+        return self.reference.logprobs(batch, self.micro_batch_size)
 
     def _token_rewards(self, batch, ref):
         """[B, T] q = beta (log pi_phi - log pi_ref) on the completion tokens, 0 elsewhere."""
@@ -125,14 +112,12 @@ class ImplicitPRM:
                            f"from; components are {sorted(batch.reward_components)} (set label_component)")
         labelled = torch.nonzero(~torch.isnan(labels)).flatten()
         sub = dataclasses.replace(batch.select(labelled), ref_logprobs=ref[labelled], scores=labels[labelled].float())
-        spare = dataclasses.replace(batch.select(torch.arange(min(batch.size, 1))),
-                                    ref_logprobs=ref[:1], scores=torch.full((min(batch.size, 1),), math.nan))
         rows = int(self.backend.all_reduce([float(sub.size)])[0])
         if rows == 0:
             return {"labelled_rows": 0.0}
         order = torch.argsort(sub.completion_lengths, stable=True)
         micro = [sub.select(idx) for idx in order.split(self.micro_batch_size) if idx.numel()]
-        out = self.backend.train_step(micro, prm_loss_fn(self.beta, rows), filler=spare)
+        out = self.backend.train_step(micro, prm_loss_fn(self.beta, rows))
         self.updates += 1
         return {"loss": out.get("prm_loss", math.nan), "accuracy": out.get("prm_accuracy", math.nan),
                 "grad_norm": out.get("grad_norm", math.nan), "labelled_rows": float(rows)}
@@ -140,9 +125,13 @@ class ImplicitPRM:
     # ------------------------------------------------------------------ state
 
     def save_state(self, folder) -> None:
+        """The PRM backend's weights and optimizer into ``folder`` (every rank: collective)."""
+        Path(folder).mkdir(parents=True, exist_ok=True)
         self.backend.save_state(folder)
 
     def load_state(self, folder) -> None:
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"ImplicitPRM: no saved PRM state at {folder}")
         self.backend.load_state(folder)
 
     def state_dict(self) -> dict[str, Any]:
@@ -154,7 +143,7 @@ class ImplicitPRM:
     def close(self) -> None:
         """Drop the PRM and its reference.  The backend is not closed: a distributed one shares
         the policy's process group, which the trainer leaves last."""
-        self.backend = self.ref_model = None
+        self.backend = self.reference = None
 
 
 def prm_loss_fn(beta: float, num_rows: int):

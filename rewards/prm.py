@@ -2,8 +2,8 @@
 
 ``ProcessReward`` is a reward module (a class named in ``rewards.functions``).  Per row it
 cuts the completion into steps, scores the steps, applies a credit assignment
-(rlkit/algorithms/credit.py: ``sum``, ``min_form`` (softmin or strict), ``clip``, ``delta``,
-``clip_delta``) and returns the credited step rewards on each step's last token as dense token
+(rlkit/algorithms/credit.py, through ``rlkit.reward_api``: ``sum``, ``min_form`` (softmin or
+strict), ``clip``, ``delta``, ``clip_delta``) and returns the credited step rewards on each step's last token as dense token
 rewards, for a token-level estimator such as ``process_rloo``.  The outcome (verifiable)
 reward is a separate entry of ``rewards.functions`` (its weight is its coefficient; it applies
 only where the row has an answer) and lands on the last token.
@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
-from rewards.core import RewardOutput
+from rewards.core import RewardModule, RewardOutput
 from rewards.pool import load_callable
 
 
@@ -99,7 +99,7 @@ def arithmetic_step_scores(prompt: str, steps: list[str]) -> list[float]:
     return [float(arithmetic_step_label(s)) for s in steps]
 
 
-class ProcessReward:
+class ProcessReward(RewardModule):
     """Step rewards from a PRM, credited, as dense token rewards (see the module docstring).
 
     Keyword arguments (``rewards.functions[].kwargs``): ``kind``, ``model`` (path of the PRM
@@ -116,7 +116,7 @@ class ProcessReward:
                  temperature: float = 0.1, eta: float = 0.5, batch_size: int = 16, device: str = "cpu",
                  good_token: str = "+", bad_token: str = "-", step_tag: str = "\n\n", max_length: int = 2048,
                  autocast_bf16: bool = False):
-        from rlkit.algorithms.credit import CREDIT_MODES, MIN_FORMS
+        from rlkit.reward_api import CREDIT_MODES, MIN_FORMS
 
         if credit not in CREDIT_MODES:
             raise ValueError(f"ProcessReward: unknown credit {credit!r}; choose one of {', '.join(CREDIT_MODES)}")
@@ -147,7 +147,7 @@ class ProcessReward:
 
     def __call__(self, completions: list[str], prompts: list[Any] | None = None,
                  completion_offsets: list[list[int]] | None = None, **columns: Any) -> list[RewardOutput]:
-        from rlkit.algorithms.credit import credit_step_rewards
+        from rlkit.reward_api import credit_step_rewards
 
         if completion_offsets is None:
             raise ValueError("ProcessReward needs the completion_offsets column (the trainer provides it)")

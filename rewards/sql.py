@@ -29,6 +29,7 @@ import re
 from collections.abc import Callable
 from typing import Any, Self
 
+from rewards.core import RewardModule
 from rewards.pool import load_callable
 from rewards.sql_exec import check_db as _check_db, check_gold as _check_gold, in_full
 from rewards.sql_sandbox import ExecResult, SQLSandbox, default_sandbox, results_equal
@@ -279,7 +280,7 @@ def _ngrams(tokens: list[str], n: int) -> set[tuple[str, ...]]:
 
 # The reward module ----------------------------------------------------------------------------
 
-class SQLReward:
+class SQLReward(RewardModule):
     """Reasoning-SQL's weighted partial rewards as a reward module (rewards/core.py contract).
 
     ``fn(completions, **columns)`` reads the gold SQL from ``gold_column`` (falling back to

@@ -67,6 +67,8 @@ from collections import Counter
 from collections.abc import Hashable, Iterable
 from typing import Any
 
+from rewards.core import RewardModule
+
 TAGS = ("think", "tool_call", "response")
 _TAG_STRINGS = tuple(s for t in TAGS for s in (f"<{t}>", f"</{t}>"))
 _LAYOUT_RE = re.compile(r"<think>.*</think>(\n<tool_call>\n(.*)\n</tool_call>)?(\n<response>.*</response>)?",
@@ -280,7 +282,7 @@ def toolrl_reward(completion: str, ground_truth: str, step=None) -> dict:
     return {"format": fmt, "correctness": corr, "total": fmt + corr}
 
 
-class ToolRLReward:
+class ToolRLReward(RewardModule):
     """The ToolRL reward as a reward module (rewards/core.py contract; arXiv 2504.13958, spec 6).
 
     ``fn(completions, **columns) -> list[float | None]``: per row ``total`` of ``toolrl_reward``

@@ -22,8 +22,9 @@ import torch
 
 PER_TOKEN = (
     "input_ids", "attention_mask", "loss_mask", "rollout_logprobs", "old_logprobs",
-    "ref_logprobs", "values", "token_rewards", "advantages", "returns",
+    "ref_logprobs", "values", "advantages", "returns",
 )
+TOKEN_TERMS = ("outcome", "process", "overlong", "kl", "prime")  # the names rlkit writes
 PER_SEQUENCE = ("group_ids", "finished", "scores")
 
 
@@ -40,12 +41,32 @@ class RolloutBatch:
     old_logprobs: torch.Tensor | None = None     # [B, T] trainer, before the update
     ref_logprobs: torch.Tensor | None = None     # [B, T] frozen reference policy
     values: torch.Tensor | None = None           # [B, T] critic
-    token_rewards: torch.Tensor | None = None    # [B, T]
+    token_terms: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [B, T] per-token reward terms
     advantages: torch.Tensor | None = None       # [B, T]
     returns: torch.Tensor | None = None          # [B, T]
     scores: torch.Tensor | None = None           # [B] total outcome score
     reward_components: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [B], NaN = n/a
     rows: list[dict[str, Any]] = field(default_factory=list)  # prompt, completion, dataset columns
+
+    @property
+    def token_rewards(self) -> torch.Tensor | None:
+        """[B, T] the per-token reward: the sum of ``token_terms`` (None before scoring).
+
+        Each contribution is a named term, so a consumer reads the ones it needs: ``outcome``
+        (the reward score on each row's last sampled token), ``process`` (token and step rewards
+        of the reward components), ``overlong`` (DAPO's length shaping), ``kl`` (the KL penalty
+        with ``algo.kl_mode: reward``, negative) and ``prime`` (PRIME's implicit rewards)."""
+        if not self.token_terms:
+            return None
+        return torch.stack(list(self.token_terms.values())).sum(dim=0)
+
+    def add_token_term(self, name: str, values: torch.Tensor) -> None:
+        """Add ``values`` [B, T] to the term ``name`` (created at zero)."""
+        if tuple(values.shape) != tuple(self.loss_mask.shape):
+            raise ValueError(f"token term {name!r} has shape {tuple(values.shape)}, expected "
+                             f"{tuple(self.loss_mask.shape)}")
+        values = values.to(torch.float32)
+        self.token_terms[name] = self.token_terms[name] + values if name in self.token_terms else values
 
     @property
     def size(self) -> int:
@@ -78,7 +99,7 @@ class RolloutBatch:
             v = getattr(self, f.name)
             if isinstance(v, torch.Tensor):
                 values[f.name] = v[idx.to(v.device)]
-            elif f.name == "reward_components":
+            elif f.name in ("reward_components", "token_terms"):
                 values[f.name] = {k: t[idx.to(t.device)] for k, t in v.items()}
             elif f.name == "rows":
                 values[f.name] = [v[i] for i in idx.tolist()] if v else []
@@ -92,6 +113,8 @@ class RolloutBatch:
         values: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
+            if f.name == "token_terms":
+                v = {k: t[:, :keep] for k, t in v.items()}
             values[f.name] = v[:, :keep] if f.name in PER_TOKEN and v is not None else v
         return RolloutBatch(**values)
 
@@ -101,7 +124,7 @@ class RolloutBatch:
             v = getattr(self, f.name)
             if isinstance(v, torch.Tensor):
                 v = v.to(device)
-            elif f.name == "reward_components":
+            elif f.name in ("reward_components", "token_terms"):
                 v = {k: t.to(device) for k, t in v.items()}
             values[f.name] = v
         return RolloutBatch(**values)
@@ -122,6 +145,9 @@ class RolloutBatch:
         for name, v in self.reward_components.items():
             if tuple(v.shape) != (B,):
                 raise ValueError(f"RolloutBatch.reward_components[{name!r}] has shape {tuple(v.shape)}, expected {(B,)}")
+        for name, v in self.token_terms.items():
+            if tuple(v.shape) != (B, T):
+                raise ValueError(f"RolloutBatch.token_terms[{name!r}] has shape {tuple(v.shape)}, expected {(B, T)}")
         for name in ("attention_mask", "loss_mask", "finished"):
             if getattr(self, name).dtype != torch.bool:
                 raise ValueError(f"RolloutBatch.{name} must be bool (True = include), got {getattr(self, name).dtype}")
@@ -193,16 +219,24 @@ def concat_batches(batches: list[RolloutBatch], pad_token_id: int) -> RolloutBat
             names = sorted({k for part in parts for k in part})
             values[f.name] = {k: torch.cat([part[k] if k in part else torch.full((b.size,), float("nan"))
                                             for part, b in zip(parts, batches)]) for k in names}
+        elif f.name == "token_terms":  # a term some batch lacks is 0 on its rows
+            names = [k for k in dict.fromkeys(k for part in parts for k in part)]
+            values[f.name] = {k: _pad_cat([part.get(k, torch.zeros(b.loss_mask.shape)) for part, b in
+                                           zip(parts, batches)], width, 0) for k in names}
         elif any(p is None for p in parts):
             values[f.name] = None
         elif f.name in PER_TOKEN:
-            fill = pad_token_id if f.name == "input_ids" else 0
-            out = torch.full((sum(p.shape[0] for p in parts), width), fill, dtype=parts[0].dtype)
-            row = 0
-            for p in parts:
-                out[row:row + p.shape[0], :p.shape[1]] = p
-                row += p.shape[0]
-            values[f.name] = out
+            values[f.name] = _pad_cat(parts, width, pad_token_id if f.name == "input_ids" else 0)
         else:
             values[f.name] = torch.cat(parts)
     return RolloutBatch(**values)
+
+
+def _pad_cat(parts: list[torch.Tensor], width: int, fill) -> torch.Tensor:
+    """``[b_i, T_i]`` tensors stacked by rows, right-padded with ``fill`` to ``width`` columns."""
+    out = torch.full((sum(p.shape[0] for p in parts), width), fill, dtype=parts[0].dtype)
+    row = 0
+    for p in parts:
+        out[row:row + p.shape[0], :p.shape[1]] = p
+        row += p.shape[0]
+    return out

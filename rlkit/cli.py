@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     tp.add_argument("--seed", type=int, default=0)
     tp.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPU with AVX512-BF16, or CUDA)")
     tp.add_argument("--device", default="cpu")
+    from rlkit.rollout import local_backends
+
     la = sub.add_parser("label-arith-steps", help="sample the policy on arithmetic word problems and label "
                                                    "each step by checking its arithmetic (data for train-prm)")
     la.add_argument("--output", required=True)
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     la.add_argument("--samples", type=int, default=4)
     la.add_argument("--levels", type=int, nargs="+", default=[4, 5])
     la.add_argument("--max-new-tokens", type=int, default=160)
-    la.add_argument("--backend", choices=["vllm", "hf"], default="vllm")
+    la.add_argument("--backend", choices=local_backends(), default="vllm")
     la.add_argument("--seed", type=int, default=0)
     la.add_argument("--instruction", default=None, help="appended to every question (as data.instruction)")
     from rlkit.eval_cli import add_eval_parser

@@ -335,8 +335,11 @@ def check_config(cfg: Config) -> None:
     def bad(key: str, msg: str) -> None:
         raise ConfigError(f"{key}: {msg}")
 
-    if cfg.rollout.backend not in ("vllm", "vllm_server", "hf"):
-        bad("rollout.backend", f"unknown backend {cfg.rollout.backend!r}; choose vllm, vllm_server or hf")
+    from rlkit.backends import TRAIN_BACKENDS
+    from rlkit.rollout import ROLLOUT_BACKENDS
+
+    if cfg.rollout.backend not in ROLLOUT_BACKENDS:
+        bad("rollout.backend", f"unknown backend {cfg.rollout.backend!r}; choose {ROLLOUT_BACKENDS.choices()}")
     if cfg.rollout.backend == "vllm_server":
         if not cfg.rollout.server_url.startswith(("http://", "https://")):
             bad("rollout.server_url", f"{cfg.rollout.server_url!r} is not an http(s) URL")
@@ -348,8 +351,8 @@ def check_config(cfg: Config) -> None:
                 f"unknown transport {cfg.rollout.weight_transfer!r}; choose auto, nccl or gloo")
         if cfg.rollout.server_workers < 1 or cfg.rollout.weight_bucket_mb <= 0 or cfg.rollout.server_timeout_s <= 0:
             bad("rollout.server_workers", "server_workers must be >= 1, weight_bucket_mb and server_timeout_s > 0")
-    if cfg.backend.name not in ("single", "deepspeed"):
-        bad("backend.name", f"unknown training backend {cfg.backend.name!r}; choose single or deepspeed")
+    if cfg.backend.name not in TRAIN_BACKENDS:
+        bad("backend.name", f"unknown training backend {cfg.backend.name!r}; choose {TRAIN_BACKENDS.choices()}")
     if cfg.backend.zero_stage not in (2, 3):
         bad("backend.zero_stage", "choose 2 or 3")
     if cfg.model.lora.r < 0 or (cfg.model.lora.r and not cfg.model.lora.target_modules):
@@ -390,7 +393,7 @@ def check_config(cfg: Config) -> None:
     if cfg.eval.best_mode not in ("max", "min"):
         bad("eval.best_mode", "choose max or min")
     if cfg.eval.benchmarks:
-        from rlkit.eval.runner import check_specs
+        from rlkit.eval.specs import check_specs
 
         try:
             check_specs(cfg.eval.benchmarks)

@@ -7,14 +7,13 @@ Every row is a dict with at least ``prompt`` (text, or a list of chat messages) 
 """
 from __future__ import annotations
 
-import json
 import random
-from pathlib import Path
 from typing import Any
 
+from rlkit.records import DataError, json_lines, json_lines_numbered, located_records, read_records
 
-class DataError(ValueError):
-    """Bad input data; the message names the file and row."""
+__all__ = ["DataError", "PromptSampler", "json_lines", "json_lines_numbered", "load_rows", "located_records",
+           "prompt_token_ids", "read_records", "tokenize_prompts"]
 
 
 def load_rows(cfg, seed: int) -> tuple[list[dict], list[dict]]:
@@ -51,62 +50,6 @@ def load_rows(cfg, seed: int) -> tuple[list[dict], list[dict]]:
     if not train:
         raise DataError(f"{cfg.path}: no training rows left after holding out {n_eval} for evaluation")
     return train, held
-
-
-def read_records(path: str) -> list[dict]:
-    """Rows of a .jsonl, .json (a list) or .parquet file, or of a hub data set id (``name:split``)."""
-    return [record for _, record in located_records(path)]
-
-
-def located_records(path: str) -> list[tuple[str, Any]]:
-    """``read_records`` with where each record is, for error messages: ``line N`` (1-based, in a
-    .jsonl file) or ``record N`` (1-based, in a JSON list, a Parquet file or a hub split)."""
-    p = Path(path)
-    if p.suffix in (".jsonl", ".json", ".parquet") and not p.exists():
-        raise DataError(f"data file not found: {path}")
-    if p.suffix == ".jsonl":
-        return [(f"line {n}", r) for n, r in json_lines_numbered(p.read_text(encoding="utf-8"), path)]
-    return [(f"record {i}", r) for i, r in enumerate(_read_other(p, path), 1)]
-
-
-def _read_other(p: Path, path: str) -> list:
-    if p.suffix == ".json":
-        try:
-            data = json.loads(p.read_text())
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from exc
-        if not isinstance(data, list):
-            raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
-        return data
-    if p.suffix == ".parquet":
-        import datasets
-
-        return list(datasets.load_dataset("parquet", data_files=str(p), split="train"))
-    if p.exists() or p.suffix or path.startswith((".", "/")):
-        raise DataError(f"{path}: not found or not a supported format (.jsonl, .json, .parquet, or a hub id)")
-    import datasets  # a hub id such as "openai/gsm8k:train", only when the user names one
-
-    name, _, split = path.partition(":")
-    return list(datasets.load_dataset(name, split=split or "train"))
-
-
-def json_lines(text: str, path: str | Path) -> list:
-    """The records of JSON-lines ``text`` (blank lines skipped); a bad line is a DataError
-    naming ``path`` and the line number."""
-    return [record for _, record in json_lines_numbered(text, path)]
-
-
-def json_lines_numbered(text: str, path: str | Path) -> list[tuple[int, Any]]:
-    """``(1-based line number, record)`` of JSON-lines ``text``, blank lines skipped."""
-    records = []
-    for line_no, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append((line_no, json.loads(line)))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}, line {line_no}: invalid JSON ({exc.msg})") from exc
-    return records
 
 
 def _normalise(row: Any, cfg, path: str, where: str) -> dict:
@@ -178,13 +121,18 @@ class PromptSampler:
         return order
 
     def next(self, n: int) -> list[dict]:
+        return [row for _, row in self.next_with_ids(n)]
+
+    def next_with_ids(self, n: int) -> list[tuple[int, dict]]:
+        """The next ``n`` rows with their draw index (epoch x rows + position): increasing,
+        unique over the run, and restored with the sampler's state (the group ids of a step)."""
         batch = []
         while len(batch) < n:
             if self.position == len(self._order):
                 self.epoch += 1
                 self.position = 0
                 self._order = self._shuffled(self.epoch)
-            batch.append(self.rows[self._order[self.position]])
+            batch.append((self.epoch * len(self.rows) + self.position, self.rows[self._order[self.position]]))
             self.position += 1
         return batch
 

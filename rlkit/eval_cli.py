@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from rlkit.eval.benchmarks import BENCHMARKS, DEFAULT_MAX_NEW_TOKENS
+from rlkit.rollout import local_backends
 
 DESCRIPTION = "evaluate a model on a benchmark (gsm8k, math, amc, aime, arith, spider, toolcall)"
 
@@ -49,8 +50,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--limit", type=int, default=None, help="only the first N problems (arith: N problems, "
                                                                 "default 200)")
     parser.add_argument("--output", default=None, help="report folder (default: runs/eval/<benchmark>)")
-    parser.add_argument("--backend", choices=["vllm", "hf"], default="vllm",
-                        help="vllm (default) or transformers' generate (hf)")
+    parser.add_argument("--backend", choices=local_backends(), default="vllm",
+                        help="rollout backend that generates in this process (rlkit.rollout.ROLLOUT_BACKENDS): "
+                             "vllm (default) or transformers' generate (hf)")
     parser.add_argument("--tables", help="spider: tables.json")
     parser.add_argument("--db-dir", help="spider: folder of <db_id>/<db_id>.sqlite databases")
     parser.add_argument("--levels", type=int, nargs="+", default=None, help="arith: levels (default 1 2 3 4 5)")
@@ -99,21 +101,20 @@ def _hf_dtype(name: str, device: str) -> str:
 
 
 def _build_rollout(args, model_path: str, tokenizer, max_model_len: int):
+    from rlkit.config import RolloutConfig
     from rlkit.rollout import make_rollout
 
-    if args.backend == "hf":
+    model = None
+    if args.backend == "hf":  # generates with a transformers model loaded here
         import torch
 
         from rlkit.models import load_causal_lm
 
         device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         model = load_causal_lm(model_path, _hf_dtype(args.dtype, device), device)
-        return make_rollout("hf", model, tokenizer, model_path, None, seed=args.seed)
-    from rlkit.config import RolloutConfig
-
-    cfg = RolloutConfig(backend="vllm", dtype=args.dtype, gpu_memory_utilization=args.gpu_memory_utilization,
+    cfg = RolloutConfig(backend=args.backend, dtype=args.dtype, gpu_memory_utilization=args.gpu_memory_utilization,
                         max_model_len=max_model_len)
-    return make_rollout("vllm", None, tokenizer, model_path, cfg, seed=args.seed)
+    return make_rollout(args.backend, model, tokenizer, model_path, cfg, seed=args.seed)
 
 
 def _log(message: str) -> None:

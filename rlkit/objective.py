@@ -88,14 +88,13 @@ def seq_spread_max(values: torch.Tensor, mask: torch.Tensor) -> float:
 
 def kl_shaped_scores(batch, algo) -> torch.Tensor:
     """The KL penalty in the reward (``algo.kl_mode: reward``), from the trainer's log-probs
-    before the update: ``batch.token_rewards`` lose beta kl_t on each token (what GAE reads),
+    before the update: the token term ``kl`` is -beta kl_t on each token (what GAE reads),
     and the returned scores are R_i - beta sum_t kl_t (what outcome estimators read, as verl
     does with ``use_kl_in_reward``)."""
     if batch.old_logprobs is None or batch.ref_logprobs is None:
         raise ValueError("kl_mode=reward needs old_logprobs and ref_logprobs on the batch")
     penalty = algo.kl_coef * masked_kl(batch, algo)
-    if batch.token_rewards is not None:
-        batch.token_rewards = batch.token_rewards - penalty
+    batch.add_token_term("kl", -penalty)
     return batch.scores - penalty.sum(dim=1)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from dataclasses import dataclass
 
 import torch
 
@@ -19,14 +18,6 @@ from rlkit.batch import RolloutBatch
 
 logger = logging.getLogger("rlkit")
 _WARNED: set[str] = set()  # components already warned about (score_batch)
-
-
-@dataclass
-class RewardContext:
-    """What ``CombinedReward.attach`` hands to reward modules that build on the run (PRIME's
-    PRM makes a training backend like the policy's from it): the run's config."""
-
-    cfg: object
 
 
 def build_reward(cfg):
@@ -94,13 +85,15 @@ def score_batch(reward, batch: RolloutBatch, completion_ids: list[list[int]], to
                            "such as process_rloo, prime or gae)", name)
         values = batch.reward_components[name]
         batch.reward_components[name] = torch.where(torch.isnan(values), torch.tensor(totals), values)
-    token_rewards = batch.outcome_token_rewards(batch.scores)
-    starts = (batch.loss_mask.float().argmax(dim=1)).tolist()
-    for i, dense in enumerate(result.token_rewards):
-        if dense:
-            n = min(len(dense), int(batch.loss_mask[i].sum()))
-            token_rewards[i, starts[i]:starts[i] + n] += torch.tensor(dense[:n])
-    batch.token_rewards = token_rewards
+    batch.token_terms = {"outcome": batch.outcome_token_rewards(batch.scores)}
+    if any(result.token_rewards):  # the components' token and step rewards: the "process" term
+        process = torch.zeros(batch.loss_mask.shape, dtype=torch.float32)
+        starts = (batch.loss_mask.float().argmax(dim=1)).tolist()
+        for i, dense in enumerate(result.token_rewards):
+            if dense:
+                n = min(len(dense), int(batch.loss_mask[i].sum()))
+                process[i, starts[i]:starts[i] + n] += torch.tensor(dense[:n])
+        batch.add_token_term("process", process)
     return result
 
 
@@ -122,9 +115,8 @@ def isolate_unscored(group_ids: torch.Tensor, scored: torch.Tensor) -> torch.Ten
 
 
 def add_length_penalty(batch: RolloutBatch, penalty: torch.Tensor, name: str = "overlong") -> None:
-    """Add a per-row ``penalty`` [B] to the scores, as reward component ``name`` and on each
-    row's last token of ``token_rewards`` (so every consumer of the scores sees it)."""
+    """Add a per-row ``penalty`` [B] to the scores, as reward component ``name`` and as the token
+    term ``name`` on each row's last token (so every consumer of the scores sees it)."""
     batch.scores = batch.scores + penalty
     batch.reward_components[name] = penalty.clone()
-    if batch.token_rewards is not None:
-        batch.token_rewards = batch.token_rewards + batch.outcome_token_rewards(penalty)
+    batch.add_token_term(name, batch.outcome_token_rewards(penalty))

@@ -8,6 +8,8 @@ referenced from configs as ``rlkit.testing_rewards:<name>``, e.g.
 """
 from __future__ import annotations
 
+from rewards import RewardModule
+
 DIGITS = "0123456789"
 
 
@@ -48,9 +50,9 @@ def explode_on_column(completions: list[str], explode: list | None = None, chars
     return char_fraction(completions, chars=chars)
 
 
-class CountingReward:
-    """A stateful reward for checkpoint tests: ``char_fraction`` plus counters that only
-    ``update()`` changes, saved and restored through ``state_dict()`` / ``load_state_dict()``.
+class CountingReward(RewardModule):
+    """A stateful reward for checkpoint tests (a ``RewardModule``): ``char_fraction`` plus counters
+    that only ``update()`` changes, saved and restored through ``state_dict()`` / ``load_state_dict()``.
 
     Referenced as a class (``fn: 'rlkit.testing_rewards:CountingReward'``), so each run builds
     its own instance; ``update`` reports the counters as ``<name>/updates`` and ``<name>/rows``.

@@ -251,7 +251,7 @@ def _tiny_batch(scores, groups, lengths):
                         rows=[{"i": i} for i in range(len(scores))])
     batch.scores = torch.tensor(scores, dtype=torch.float32)
     batch.reward_components = {"correctness": batch.scores.clone()}
-    batch.token_rewards = batch.outcome_token_rewards(batch.scores)
+    batch.add_token_term("outcome", batch.outcome_token_rewards(batch.scores))
     return batch
 
 
@@ -312,14 +312,23 @@ def test_first_groups_agree_across_ranks():
                                                           sorted(set(rank1.group_ids.tolist()))])
     assert first_groups(rank0, 2, both).group_ids.tolist() == [0, 0]
     assert first_groups(rank1, 2, both).group_ids.tolist() == [3, 3]
-    assert first_groups(rank1, 1, both).size == 0  # this rank keeps nothing: the trainer's spare row steps in
+    assert first_groups(rank1, 1, both).size == 0  # this rank keeps nothing: the backend's filler row steps in
 
 
-def test_zero_filler_gives_the_spare_row_the_batch_fields():
-    from rlkit.trainer import zero_filler
+def test_filler_row_runs_every_loss_with_zero_weight():
+    """The DeepSpeed backend's filler (a rank without rows joins ZeRO-3's passes with it) carries
+    every per-token field a loss reads, so the policy, KL and value losses run on it."""
+    from rlkit.backends.deepspeed import filler_row
+    from rlkit.config import AlgoConfig
+    from rlkit.critic import make_value_loss_fn
+    from rlkit.objective import make_loss_fn
 
-    batch = _tiny_batch([1.0, 0.0], [0, 0], [2, 3])
-    batch.advantages = torch.ones(batch.loss_mask.shape)
-    batch.values = torch.ones(batch.loss_mask.shape)
-    spare = zero_filler(_tiny_batch([1.0], [0], [2]), batch)
-    assert spare.advantages.abs().sum() == 0 and spare.values.abs().sum() == 0 and spare.returns is None
+    row = filler_row()
+    row.validate()
+    logp = torch.tensor([[0.0, -1.0]], requires_grad=True)
+    loss, _ = make_loss_fn(AlgoConfig(kl_coef=0.1), 1, 1, 2, metric_tokens=1)(logp, None, row)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logp.grad).all()
+    value_loss, _ = make_value_loss_fn(AlgoConfig(), 1, 1, 2, metric_tokens=1, clip=0.5)(
+        torch.tensor([[0.0, 0.3]], requires_grad=True), None, row)
+    assert torch.isfinite(value_loss)

@@ -97,8 +97,9 @@ def test_build_batch_errors():
 def test_validate_accepts_a_full_batch():
     b = sample_batch()
     B, T = b.input_ids.shape
-    for name in ("old_logprobs", "ref_logprobs", "values", "token_rewards", "advantages", "returns"):
+    for name in ("old_logprobs", "ref_logprobs", "values", "advantages", "returns"):
         setattr(b, name, torch.zeros(B, T))
+    b.add_token_term("outcome", torch.zeros(B, T))
     b.scores = torch.zeros(B)
     b.reward_components = {"correct": torch.tensor([1.0, math.nan, 0.0])}
     b.validate()
@@ -282,3 +283,22 @@ def test_forward_logprobs_with_an_empty_completion_row(tiny_model):
         logp, _ = forward_logprobs(model, b, with_entropy=False, autocast=False)
     ref = reference_logprobs(model, b)
     assert torch.allclose(logp[b.loss_mask], ref[b.loss_mask], atol=1e-5)
+
+
+def test_token_terms_are_named_sum_to_token_rewards_and_travel_with_rows():
+    b = sample_batch()
+    B, T = b.input_ids.shape
+    assert b.token_rewards is None and b.token_terms == {}
+    b.add_token_term("outcome", b.outcome_token_rewards(torch.tensor([1.0, 0.0, 2.0])))
+    kl = torch.zeros(B, T)
+    kl[0, 3] = -0.5
+    b.add_token_term("kl", kl)
+    b.add_token_term("kl", kl)                     # accumulates
+    assert b.token_rewards[0].tolist() == [0, 0, 0, -1.0, 1.0, 0]
+    assert set(b.select([0]).token_terms) == {"outcome", "kl"}
+    assert b.select([2]).token_terms["outcome"].tolist() == [[0, 0, 0, 0, 0, 0]]  # no sampled token
+    with pytest.raises(ValueError, match="token term 'kl' has shape"):
+        b.add_token_term("kl", torch.zeros(B, T + 1))
+    b.token_terms["bad"] = torch.zeros(B, 2)
+    with pytest.raises(ValueError, match=r"token_terms\['bad'\] has shape"):
+        b.validate()

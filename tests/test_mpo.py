@@ -65,8 +65,9 @@ class FailingMeta:
 
 
 def context(run_dir, resume="never"):
-    train = types.SimpleNamespace(output_dir=str(run_dir), resume=resume)
-    return types.SimpleNamespace(cfg=types.SimpleNamespace(train=train))
+    from rlkit.reward_api import RewardContext
+
+    return RewardContext(run_dir=Path(run_dir), resume=resume)
 
 
 def batch_of(rows):

@@ -59,18 +59,20 @@ def test_spec_example_prm_loss():
 
 
 def test_batch_estimator_reads_q_beside_the_outcome():
-    """On padded tensors, with the outcome already on each last token (as the trainer builds
-    token_rewards), two groups and a batch whitening: the Contract's numbers per group."""
+    """On padded tensors, q as the batch's ``prime`` token term beside the outcome term (as the
+    trainer builds them), two groups: the Contract's numbers per group."""
     from rlkit.batch import build_batch
 
     comps = [[5, 6], [5, 6, 7], [5, 6], [8, 9, 10], [8]]
     batch = build_batch([[1, 2]] * 5, comps, [0, 0, 0, 1, 1], [True] * 5, pad_token_id=0)
     q = [*Q, [0.1, 0.1, 0.1], [-0.5]]
     outcomes = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0])
-    token_rewards = batch.outcome_token_rewards(outcomes)
+    batch.add_token_term("outcome", batch.outcome_token_rewards(outcomes))
+    implicit = torch.zeros(batch.loss_mask.shape)
     for i, row in enumerate(q):
-        token_rewards[i, 2:2 + len(row)] += torch.tensor(row)
-    out = prime_batch_advantages(outcomes, batch.group_ids, batch.loss_mask, token_rewards=token_rewards,
+        implicit[i, 2:2 + len(row)] += torch.tensor(row)
+    batch.add_token_term("prime", implicit)
+    out = prime_batch_advantages(outcomes, batch.group_ids, batch.loss_mask, token_terms=batch.token_terms,
                                  whiten_returns=False)
     first = prime_advantages(Q, [1, 0, 1], [0, 0, 0], whiten=False)
     second = prime_advantages(q[3:], [0, 1], [1, 1], whiten=False)
@@ -79,7 +81,7 @@ def test_batch_estimator_reads_q_beside_the_outcome():
         assert (out[i, 2 + len(want):] == 0).all() and (out[i, :2] == 0).all()
     # a group of one learns nothing
     alone = prime_batch_advantages(outcomes[:1], torch.tensor([0]), batch.loss_mask[:1],
-                                   token_rewards=token_rewards[:1])
+                                   token_terms={"prime": implicit[:1]})
     assert (alone == 0).all()
 
 
@@ -88,10 +90,10 @@ def test_batch_max_normalisation():
 
     batch = build_batch([[1]] * 3, [[2, 3], [2, 3, 4], [2, 3]], [0, 0, 0], [True] * 3, pad_token_id=0)
     outcomes = torch.tensor([1.0, 0.0, 1.0])
-    token_rewards = batch.outcome_token_rewards(outcomes)
+    implicit = torch.zeros(batch.loss_mask.shape)
     for i, row in enumerate(Q):
-        token_rewards[i, 1:1 + len(row)] += torch.tensor(row)
-    out = prime_batch_advantages(outcomes, batch.group_ids, batch.loss_mask, token_rewards=token_rewards,
+        implicit[i, 1:1 + len(row)] += torch.tensor(row)
+    out = prime_batch_advantages(outcomes, batch.group_ids, batch.loss_mask, token_terms={"prime": implicit},
                                  normalize="batch_max", whiten_returns=False)
     largest = 0.6  # |reverse cumsum| of q: row 0 starts at 0.6, row 1 at -0.3, row 2 at 0
     q = [[v / (largest + 1e-6) for v in row] for row in Q]
@@ -104,7 +106,7 @@ def test_batch_max_normalisation():
         returns = [sum(rewards[t:]) for t in range(len(rewards))]
         assert out[i, 1:1 + len(row)].tolist() == pytest.approx(returns, abs=1e-6)
     with pytest.raises(ValueError, match="normalize"):
-        prime_batch_advantages(outcomes, batch.group_ids, batch.loss_mask, token_rewards=token_rewards,
+        prime_batch_advantages(outcomes, batch.group_ids, batch.loss_mask, token_terms={"prime": implicit},
                                normalize="max")
 
 
@@ -137,11 +139,11 @@ def test_implicit_prm_learns_on_a_fixed_batch(tiny_model, one_thread):
     from rewards.prime import ImplicitPRM
     from rlkit.batch import build_batch
     from rlkit.config import load_config
-    from rlkit.scoring import RewardContext
+    from rlkit.reward_api import RewardContext
 
     cfg = load_config(PRIME, tiny_overrides(tiny_model) + REWARDS)
     prm = ImplicitPRM(lr=3e-3, label_component="digit", beta=0.5)
-    prm.attach(RewardContext(cfg))
+    prm.attach(RewardContext.for_run(cfg))
     try:
         batch = build_batch([[3, 4, 5], [6, 7]] * 2, [[7, 8, 9], [9, 10], [11, 12, 13], [14, 15]], [0, 0, 1, 1],
                             [True] * 4, pad_token_id=0)
@@ -151,14 +153,15 @@ def test_implicit_prm_learns_on_a_fixed_batch(tiny_model, one_thread):
             b = batch.select(torch.arange(4))
             b.scores = labels.clone()
             b.reward_components = {"digit": labels.clone()}
-            b.token_rewards = b.outcome_token_rewards(labels)
+            b.add_token_term("outcome", b.outcome_token_rewards(labels))
             metrics = prm.update(b)
             losses.append(metrics["loss"])
         assert losses[0] == pytest.approx(math.log(2), abs=1e-3)  # PRM == reference at the start
         assert losses[-1] < 0.5 * losses[0], losses
         assert metrics["accuracy"] == 1.0 and metrics["labelled_rows"] == 4
-        # q was added on top of the outcome: right rows now sum above 0, wrong ones below
-        q_sums = (b.token_rewards - b.outcome_token_rewards(labels)).sum(dim=1)
+        # q is its own term beside the outcome: right rows sum above 0, wrong ones below
+        assert set(b.token_terms) == {"outcome", "prime"}
+        q_sums = b.token_terms["prime"].sum(dim=1)
         assert (q_sums[labels == 1] > 0).all() and (q_sums[labels == 0] < 0).all()
         assert (b.token_rewards[~b.loss_mask] == 0).all()
     finally:
@@ -169,7 +172,7 @@ def test_implicit_prm_needs_its_label_component(tiny_model, one_thread):
     from rewards.prime import ImplicitPRM
     from rlkit.batch import build_batch
     from rlkit.config import load_config
-    from rlkit.scoring import RewardContext
+    from rlkit.reward_api import RewardContext
 
     with pytest.raises(ValueError, match="update"):
         ImplicitPRM(update="during")
@@ -177,7 +180,7 @@ def test_implicit_prm_needs_its_label_component(tiny_model, one_thread):
     batch = build_batch([[3]], [[4, 5]], [0], [True], pad_token_id=0)
     with pytest.raises(RuntimeError, match="attach"):
         prm.update(batch)
-    prm.attach(RewardContext(load_config(PRIME, tiny_overrides(tiny_model) + REWARDS)))
+    prm.attach(RewardContext.for_run(load_config(PRIME, tiny_overrides(tiny_model) + REWARDS)))
     try:
         batch.reward_components = {"digit": torch.tensor([1.0])}
         with pytest.raises(KeyError, match="correctness"):

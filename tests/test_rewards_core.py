@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from rewards import (Component, RewardError, RewardOutput, RewardResult, RowFailure, combine,
+from rewards import (Component, RewardError, RewardModule, RewardOutput, RewardResult, RowFailure, combine,
                      load_callable)
 
 
@@ -54,7 +54,7 @@ def dense(completions, completion_ids, **columns):
             for ids in completion_ids]
 
 
-class Counter:
+class Counter(RewardModule):
     """A stateful reward: its score is the number of updates seen."""
 
     def __init__(self):

@@ -128,19 +128,19 @@ def test_implicit_prm_is_not_tempered(tiny_model, one_thread):
 
     from conftest import REPO_ROOT, tiny_overrides
     from rewards.prime import ImplicitPRM
-    from rlkit.scoring import RewardContext
+    from rlkit.reward_api import RewardContext
 
     label = "{fn: 'rlkit.testing_rewards:contains_char', name: digit, kwargs: {chars: '0123456789'}}"
     prm_spec = "{fn: 'rewards.prime:ImplicitPRM', name: prime, kwargs: {label_component: digit}}"
     cfg = load_config(str(REPO_ROOT / "configs" / "algo" / "prime.yaml"), tiny_overrides(tiny_model) + [
         f"rewards.functions=[{label}, {prm_spec}]", "rewards.accuracy_component=digit", f"rollout.temperature={T}"])
     prm = ImplicitPRM(lr=3e-3, label_component="digit", beta=0.5)
-    prm.attach(RewardContext(cfg))
+    prm.attach(RewardContext.for_run(cfg))
     try:
         batch = _batch()
         labels = torch.tensor([1.0, 0.0, 1.0])
         batch.scores, batch.reward_components = labels.clone(), {"digit": labels.clone()}
-        batch.token_rewards = batch.outcome_token_rewards(labels)
+        batch.add_token_term("outcome", batch.outcome_token_rewards(labels))
         assert prm.update(batch)["loss"] == pytest.approx(math.log(2), abs=1e-4)
     finally:
         prm.close()

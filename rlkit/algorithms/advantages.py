@@ -240,6 +240,15 @@ def estimator_inputs(estimator: AdvantageFn, available: dict) -> dict:
     return {name: available[name] for name in wanted}
 
 
+def estimate(estimator: AdvantageFn, scores: Tensor, group_ids: Tensor, loss_mask: Tensor, available: dict,
+             hparams: dict) -> tuple[Tensor, Tensor | None]:
+    """``(advantages, returns or None)`` from any estimator: the one call shape of the registry
+    (``fn(scores, group_ids, loss_mask, **declared inputs, **hparams)``), whether it returns the
+    advantages alone or with returns (GAE's, for the critic)."""
+    out = estimator(scores, group_ids, loss_mask, **estimator_inputs(estimator, available), **hparams)
+    return out if isinstance(out, tuple) else (out, None)
+
+
 def tempo_advantages(token_ids: list[list[int]], scores: list[float], norm_by_std: bool = True) -> list[list[float]]:
     """TEMPO prefix-tree advantages for one group (arXiv 2509.18314, Sec. 3; spec section 3).
 
@@ -326,13 +335,14 @@ def _loo_baseline(values: Tensor, group_ids: Tensor, include_self: bool = False)
 
 
 @register_advantage("prime")
-def prime_batch_advantages(scores: Tensor, group_ids: Tensor, loss_mask: Tensor, *, token_rewards: Tensor,
-                           all_reduce=None, normalize: str = "none", whiten_returns: bool = True) -> Tensor:
+def prime_batch_advantages(scores: Tensor, group_ids: Tensor, loss_mask: Tensor, *, token_terms: dict[str, Tensor],
+                           all_reduce=None, normalize: str = "none", whiten_returns: bool = True,
+                           implicit_term: str = "prime") -> Tensor:
     """PRIME advantages (arXiv 2502.01456, Sec. 3.3, Eq. 5; spec section 5): leave-one-out per
     reward source, summed, as returns (gamma = 1), whitened over the batch (all ranks).
 
-    The outcome o_i is ``scores``; the implicit process rewards q are ``token_rewards`` minus
-    the outcome on each row's last token (``rewards.prime.ImplicitPRM`` adds q there).
+    The outcome o_i is ``scores``; the implicit process rewards q are the batch's token term
+    ``implicit_term`` (``rewards.prime.ImplicitPRM`` writes it; zeros where there is none).
     Process: q'_{i,t} = q_{i,t} - mean_{j != i} mean_t q_j; outcome: o'_i = o_i - mean_{j != i} o_j
     on the last token.  ``normalize="batch_max"`` follows the released code instead: q is first
     divided by the batch's largest |reverse cumulative sum of q| and the process baseline
@@ -347,7 +357,9 @@ def prime_batch_advantages(scores: Tensor, group_ids: Tensor, loss_mask: Tensor,
     at_last = torch.zeros(mask.shape, dtype=torch.bool, device=mask.device)
     rows = torch.nonzero(last >= 0).flatten()
     at_last[rows, last[rows]] = True
-    q = torch.where(mask, _float(token_rewards) - torch.where(at_last, outcome[:, None], zero), zero)
+    implicit = token_terms.get(implicit_term)
+    q = torch.where(mask, _float(implicit).to(mask.device), zero) if implicit is not None else torch.zeros(
+        mask.shape, dtype=torch.float32, device=mask.device)
     if normalize == "batch_max":
         largest = q.flip(1).cumsum(1).flip(1).abs().max() if q.numel() else zero
         if all_reduce is not None:
@@ -365,7 +377,7 @@ def prime_batch_advantages(scores: Tensor, group_ids: Tensor, loss_mask: Tensor,
     return whiten(returns, mask, all_reduce=all_reduce) if whiten_returns else returns
 
 
-prime_batch_advantages.inputs = ("token_rewards", "all_reduce")
+prime_batch_advantages.inputs = ("token_terms", "all_reduce")
 
 
 def prime_advantages(token_rewards: list[list[float]], outcomes: list[float], group_ids: list[int],
@@ -382,8 +394,6 @@ def prime_advantages(token_rewards: list[list[float]], outcomes: list[float], gr
     for i, row in enumerate(token_rewards):
         mask[i, :len(row)] = True
         dense[i, :len(row)] = torch.tensor(row, dtype=torch.float64)
-        if row:
-            dense[i, len(row) - 1] += outcomes[i]
     out = prime_batch_advantages(torch.tensor(outcomes, dtype=torch.float64), torch.tensor(group_ids), mask,
-                                 token_rewards=dense, whiten_returns=whiten)
+                                 token_terms={"prime": dense}, whiten_returns=whiten)
     return [out[i, :len(row)].tolist() for i, row in enumerate(token_rewards)]

@@ -12,6 +12,7 @@ from typing import Callable, Iterator, Protocol
 import torch
 
 from rlkit.batch import RolloutBatch
+from rlkit.lazy_registry import LazyRegistry
 
 LossFn = Callable[[torch.Tensor, "torch.Tensor | None", RolloutBatch], "tuple[torch.Tensor, dict[str, float]]"]
 
@@ -84,18 +85,16 @@ def at_sampling_temperature(forward, cfg):
     return forward if t == 1.0 else functools.partial(forward, temperature=t)
 
 
+# name -> "module:class"; a factory takes (cfg, total_optimizer_steps, role) and returns a TrainBackend.
+TRAIN_BACKENDS = LazyRegistry("training backend")
+TRAIN_BACKENDS.register_path("single", "rlkit.backends.single:SingleBackend")
+TRAIN_BACKENDS.register_path("deepspeed", "rlkit.backends.deepspeed:DeepSpeedBackend")
+
+
 def make_backend(cfg, total_optimizer_steps: int, role: str = "policy") -> TrainBackend:
-    """The training backend named by ``backend.name``; ``role="critic"`` trains a value model
-    (rlkit/critic.py) with the same machinery."""
-    if cfg.backend.name == "single":
-        from rlkit.backends.single import SingleBackend
-
-        return SingleBackend(cfg, total_optimizer_steps, role)
-    if cfg.backend.name == "deepspeed":
-        from rlkit.backends.deepspeed import DeepSpeedBackend
-
-        return DeepSpeedBackend(cfg, total_optimizer_steps, role)
-    raise ValueError(f"unknown training backend {cfg.backend.name!r}; choose single or deepspeed")
+    """The training backend named by ``backend.name`` (a name in ``TRAIN_BACKENDS``, imported
+    only now); ``role="critic"`` trains a value model (rlkit/critic.py) with the same machinery."""
+    return TRAIN_BACKENDS.resolve(cfg.backend.name)(cfg, total_optimizer_steps, role)
 
 
 def resolve_device(name: str) -> torch.device:

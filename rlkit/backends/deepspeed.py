@@ -11,6 +11,8 @@ every rank runs the same number of micro-batches, padding with zero-weighted one
 """
 from __future__ import annotations
 
+import math
+
 from typing import Iterator
 
 import torch
@@ -143,29 +145,26 @@ class DeepSpeedBackend(TorchCollectives):
 
     def _logprobs(self, model, batch: RolloutBatch, micro_batch_size: int) -> torch.Tensor:
         out = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
-        chunks = list(torch.arange(batch.size).split(micro_batch_size))
+        chunks = [c for c in torch.arange(batch.size).split(micro_batch_size) if c.numel()]
         total = int(self.all_reduce([len(chunks)], "max")[0])
         for i in range(total):  # every rank runs the same number of forward passes (ZeRO-3)
-            idx = chunks[i] if i < len(chunks) else torch.tensor([0])
-            micro = batch.select(idx).trimmed().to(self.device)
+            micro = (batch.select(chunks[i]) if i < len(chunks) else filler_row()).trimmed().to(self.device)
             lp, _ = self.forward(model, micro, with_entropy=False, autocast=self.autocast)
             if i < len(chunks):
-                out[idx, : lp.shape[1]] = lp.float().cpu()
+                out[chunks[i], : lp.shape[1]] = lp.float().cpu()
         return out
 
-    def train_step(self, micro_batches: list[RolloutBatch], loss_fn: LossFn,
-                   filler: RolloutBatch | None = None) -> dict[str, float]:
-        """One optimizer step; ranks with fewer micro-batches (or none: then ``filler``, any row
-        of theirs) run zero-weighted passes so that every rank makes the same collective calls."""
+    def train_step(self, micro_batches: list[RolloutBatch], loss_fn: LossFn) -> dict[str, float]:
+        """One optimizer step; ranks with fewer micro-batches (or none) run zero-weighted passes
+        of a filler (one of their rows, or ``filler_row()``) so that every rank makes the same
+        collective calls.  Metrics come from real micro-batches only; the ranks agree on the
+        metric names before reducing them."""
         totals: dict[str, float] = {}
         count = int(self.all_reduce([len(micro_batches)], "max")[0])
-        filler = micro_batches[0] if micro_batches else filler
+        filler = micro_batches[0] if micro_batches else filler_row()
         for i in range(count):
             real = i < len(micro_batches)
-            micro = (micro_batches[i] if real else filler)
-            if micro is None:
-                raise RuntimeError("a rank without rows cannot pad its micro-batches; pass a filler row")
-            micro = micro.trimmed().to(self.device)
+            micro = (micro_batches[i] if real else filler).trimmed().to(self.device)
             self.engine.set_gradient_accumulation_boundary(i == count - 1)
             # through the engine: its forward advances ZeRO's micro-step so gradients accumulate
             with recompute_activations(self.model):  # gradient checkpointing acts here, if on
@@ -173,15 +172,16 @@ class DeepSpeedBackend(TorchCollectives):
                                                    entropy_grad=self.cfg.algo.entropy_coef != 0)
                 loss, metrics = loss_fn(logp, entropy, micro)
                 self.engine.backward(loss * (self.world_size if real else 0.0), scale_wrt_gas=False)
-            for k, v in metrics.items():  # a filler adds its keys (as 0): every rank all-reduces the same list
-                combine_metric(totals, k, float(v) if real else 0.0)
+            for k, v in (metrics.items() if real else ()):
+                combine_metric(totals, k, float(v))
         lr = self.scheduler.get_last_lr()[0]
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
-        sums = sorted(k for k in totals if not k.endswith("_max"))
-        maxima = sorted(k for k in totals if k.endswith("_max"))
-        out = dict(zip(sums, self.all_reduce([totals[k] for k in sums]) if sums else []))  # partial sums
-        out.update(zip(maxima, self.all_reduce([totals[k] for k in maxima], "max") if maxima else []))
+        names = sorted({k for part in self.all_gather_object(sorted(totals)) for k in part})
+        sums = [k for k in names if not k.endswith("_max")]
+        maxima = [k for k in names if k.endswith("_max")]
+        out = dict(zip(sums, self.all_reduce([totals.get(k, 0.0) for k in sums]) if sums else []))  # partial sums
+        out.update(zip(maxima, self.all_reduce([totals.get(k, -math.inf) for k in maxima], "max") if maxima else []))
         out["grad_norm"] = float(norm) if norm is not None else float("nan")
         out["lr"] = lr
         return out
@@ -276,6 +276,17 @@ class DeepSpeedBackend(TorchCollectives):
             group["initial_lr"] = lr
             group["lr"] = lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
         self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
+
+def filler_row() -> RolloutBatch:
+    """A one-row batch (two tokens of id 0, the second "sampled") with every per-token field at
+    zero: what a rank without rows of its own runs, weighted 0, to join the collective forward and
+    backward passes of ZeRO-3.  The loop never sees it."""
+    zeros = torch.zeros(1, 2)
+    return RolloutBatch(input_ids=torch.zeros(1, 2, dtype=torch.long), attention_mask=torch.ones(1, 2, dtype=torch.bool),
+                        loss_mask=torch.tensor([[False, True]]), group_ids=torch.zeros(1, dtype=torch.long),
+                        finished=torch.ones(1, dtype=torch.bool), ref_logprobs=zeros, values=zeros,
+                        advantages=zeros, returns=zeros, scores=torch.zeros(1))
 
 
 def _gathered(deepspeed, bucket):

@@ -149,9 +149,8 @@ class SingleBackend(LocalCollectives):
     def _logprobs(self, model, batch: RolloutBatch, micro_batch_size: int) -> torch.Tensor:
         return batched_logprobs(model, batch, micro_batch_size, self.device, self.autocast, self.forward)
 
-    def train_step(self, micro_batches: list[RolloutBatch], loss_fn: LossFn,
-                   filler: RolloutBatch | None = None) -> dict[str, float]:
-        """``filler`` matters only to data-parallel backends (a rank with nothing to train)."""
+    def train_step(self, micro_batches: list[RolloutBatch], loss_fn: LossFn) -> dict[str, float]:
+        """One optimizer step over the micro-batches (gradients accumulated)."""
         self.optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
         for micro in micro_batches:

@@ -49,8 +49,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rlkit.data import DataError
 from rlkit.eval.metrics import is_number
+from rlkit.records import DataError
 
 logger = logging.getLogger("rlkit.eval")
 
@@ -98,7 +98,7 @@ def load_benchmark(name: str, data: str | Path | None = None, *, limit: int | No
         return rows if limit is None else rows[:limit]
     if name == "toolcall":
         return _load_toolcall(data, limit, bool(underscore_to_dot))
-    from rlkit.data import read_records
+    from rlkit.records import read_records
 
     records = read_records(str(data))
     if limit is not None:

@@ -24,12 +24,10 @@ from typing import Any
 
 from rlkit.eval.benchmarks import DEFAULT_MAX_NEW_TOKENS, check_benchmark, judge, load_benchmark, vote_equal
 from rlkit.eval.metrics import summarize
+from rlkit.eval.specs import check_specs
 
 logger = logging.getLogger("rlkit.eval")
 
-SPEC_KEYS = ("name", "benchmark", "data", "limit", "max_new_tokens", "samples", "temperature", "top_p", "tables",
-             "db_dir", "instruction", "levels", "chat_template", "system_prompt", "max_prompt_tokens",
-             "underscore_to_dot")
 NO_PROMPT_LIMIT = 10 ** 9
 
 
@@ -111,32 +109,6 @@ def _spec_rows(spec: dict) -> list[dict]:
                                           instruction=spec.get("instruction"), levels=spec.get("levels"),
                                           underscore_to_dot=bool(spec.get("underscore_to_dot")))
     return _ROWS_CACHE[key]
-
-
-def check_specs(specs: Sequence[dict]) -> list[dict]:
-    """Validated copies of benchmark specs: ``benchmark`` known, no unknown keys, unique names
-    (``name`` defaults to the benchmark); ValueError naming the spec otherwise."""
-    out, names = [], set()
-    for i, spec in enumerate(specs):
-        if not isinstance(spec, dict) or "benchmark" not in spec:
-            raise ValueError(f"benchmark spec {i}: expected a mapping with a 'benchmark' key, got {spec!r:.120}")
-        unknown = sorted(set(spec) - set(SPEC_KEYS))
-        if unknown:
-            raise ValueError(f"benchmark spec {i} ({spec.get('name', spec['benchmark'])}): unknown keys {unknown}; "
-                             f"known: {', '.join(SPEC_KEYS)}")
-        check_benchmark(spec["benchmark"])
-        if spec.get("underscore_to_dot") not in (None, False, True):
-            raise ValueError(f"benchmark spec {i} ({spec.get('name', spec['benchmark'])}): underscore_to_dot must be "
-                             f"true or false, got {spec['underscore_to_dot']!r}")
-        if spec.get("underscore_to_dot") and spec["benchmark"] != "toolcall":
-            raise ValueError(f"benchmark spec {i} ({spec.get('name', spec['benchmark'])}): underscore_to_dot applies "
-                             f"to the toolcall benchmark only")
-        spec = {**spec, "name": str(spec.get("name") or spec["benchmark"])}
-        if spec["name"] in names:
-            raise ValueError(f"benchmark spec {i}: name {spec['name']!r} is used twice")
-        names.add(spec["name"])
-        out.append(spec)
-    return out
 
 
 def evaluate_benchmarks(rollout, tokenizer, specs: Sequence[dict], step: int, *,

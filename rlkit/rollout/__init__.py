@@ -3,7 +3,9 @@
 ``hf`` generates with transformers in the training process; ``vllm`` runs a vLLM engine in the
 training process and reloads the trainer's weights in place after every optimizer step;
 ``vllm_server`` sends prompts to a separate vLLM server and pushes weights to it.
-Heavy imports (vllm) happen inside the backend modules only.
+Heavy imports (vllm) happen inside the backend modules only: ``ROLLOUT_BACKENDS`` maps each
+name to the import path of its factory (``build(setup: RolloutSetup)`` in the backend's module),
+imported the first time the backend is built.
 
 Every backend reports each sampled token's log-prob under the distribution it was sampled
 from: ``softmax(logits / temperature)``, truncated to the top-p set and renormalised when
@@ -17,10 +19,11 @@ with ``top_p < 1`` each engine log-prob is higher by minus the log of the kept p
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Protocol
+from typing import Any, Iterable, Protocol
 
 import torch
 
+from rlkit.lazy_registry import LazyRegistry
 
 LOGPROBS_MODE = "processed_logprobs"  # vLLM: log-probs after temperature and top-p (engine and `rlkit serve`)
 
@@ -62,9 +65,39 @@ class RolloutBackend(Protocol):
         """Shut the engine down (the trainer calls it last, before leaving the process group)."""
 
 
+@dataclass(frozen=True)
+class RolloutSetup:
+    """What ``make_rollout`` hands a backend's factory (each backend uses what it needs)."""
+
+    model: Any                  # the trainer's policy (hf generates with it)
+    tokenizer: Any
+    model_path: str             # where the engine loads the weights from (vllm)
+    cfg: Any                    # the RolloutConfig (hf ignores it: may be None)
+    seed: int = 0
+    world_size: int = 1
+    rank: int = 0
+    collectives: Any = None
+
+
+# name -> "module:factory"; a factory takes a RolloutSetup and returns a RolloutBackend.
+ROLLOUT_BACKENDS = LazyRegistry("rollout backend")
+ROLLOUT_BACKENDS.register_path("hf", "rlkit.rollout.hf:build")
+ROLLOUT_BACKENDS.register_path("vllm", "rlkit.rollout.vllm:build")
+ROLLOUT_BACKENDS.register_path("vllm_server", "rlkit.rollout.vllm_server:build")
+# Backends that generate on a separate server (started with ``rlkit serve``) rather than in
+# this process: ``rlkit eval`` and ``rlkit label-arith-steps`` offer the others.
+SERVER_BACKENDS = frozenset({"vllm_server"})
+
+
+def local_backends() -> list[str]:
+    """The registered backends that run in this process (for command-line choices)."""
+    return sorted(name for name in ROLLOUT_BACKENDS if name not in SERVER_BACKENDS)
+
+
 def make_rollout(name: str, model, tokenizer, model_path: str, cfg, seed: int = 0,
                  world_size: int = 1, rank: int = 0, collectives=None) -> RolloutBackend:
-    """Build the backend named by ``rollout.backend``; ``model`` is the trainer's policy.
+    """Build the backend named by ``rollout.backend`` (a name in ``ROLLOUT_BACKENDS``);
+    ``model`` is the trainer's policy.
 
     ``seed`` seeds the vLLM engine when it starts (a resumed run passes ``train.seed + step``;
     what a resume restores for vLLM is described in rlkit/checkpoint.py).  ``world_size > 1``:
@@ -72,19 +105,9 @@ def make_rollout(name: str, model, tokenizer, model_path: str, cfg, seed: int = 
     ``vllm_server`` talks to a separate vLLM server; ``collectives`` (the backend) lets its ranks
     wait for rank 0's weight transfer.
     """
-    if name == "hf":
-        from rlkit.rollout.hf import HFRollout
-
-        return HFRollout(model, tokenizer)
-    if name == "vllm":
-        from rlkit.rollout.vllm import VLLMRollout
-
-        return VLLMRollout(model_path, tokenizer, cfg, seed=seed, world_size=world_size)
-    if name == "vllm_server":
-        from rlkit.rollout.vllm_server import VLLMServerRollout
-
-        return VLLMServerRollout(tokenizer, cfg, rank=rank, collectives=collectives)
-    raise ValueError(f"unknown rollout backend {name!r}; choose hf, vllm or vllm_server")
+    factory = ROLLOUT_BACKENDS.resolve(name)
+    return factory(RolloutSetup(model, tokenizer, model_path, cfg, seed=seed, world_size=world_size, rank=rank,
+                                collectives=collectives))
 
 
 def engine_dtype(name: str) -> str:

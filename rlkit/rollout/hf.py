@@ -5,7 +5,7 @@ from typing import Iterable
 
 import torch
 
-from rlkit.rollout import Generation, Sampling
+from rlkit.rollout import Generation, RolloutSetup, Sampling
 
 
 class HFRollout:
@@ -79,3 +79,8 @@ class HFRollout:
 
     def close(self) -> None:
         return None
+
+
+def build(setup: RolloutSetup) -> HFRollout:
+    """The ``hf`` entry of ``rlkit.rollout.ROLLOUT_BACKENDS``."""
+    return HFRollout(setup.model, setup.tokenizer)

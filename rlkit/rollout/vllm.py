@@ -26,7 +26,7 @@ from typing import Iterable
 
 import torch
 
-from rlkit.rollout import LOGPROBS_MODE, Generation, Sampling, engine_dtype
+from rlkit.rollout import LOGPROBS_MODE, Generation, RolloutSetup, Sampling, engine_dtype
 
 
 class VLLMRollout:
@@ -127,3 +127,7 @@ class VLLMRollout:
             engine.llm_engine.engine_core.shutdown()
             self.llm = None
 
+
+def build(setup: RolloutSetup) -> VLLMRollout:
+    """The ``vllm`` entry of ``rlkit.rollout.ROLLOUT_BACKENDS``."""
+    return VLLMRollout(setup.model_path, setup.tokenizer, setup.cfg, seed=setup.seed, world_size=setup.world_size)

@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from rlkit.rollout import LOGPROBS_MODE, Generation, Sampling, engine_dtype
+from rlkit.rollout import LOGPROBS_MODE, Generation, RolloutSetup, Sampling, engine_dtype
 
 
 class RolloutServerError(RuntimeError):
@@ -192,6 +192,11 @@ class VLLMServerRollout:
                 except RolloutServerError:
                     pass  # the server is already gone: nothing left to release
             self.sender = None
+
+
+def build(setup: RolloutSetup) -> VLLMServerRollout:
+    """The ``vllm_server`` entry of ``rlkit.rollout.ROLLOUT_BACKENDS``."""
+    return VLLMServerRollout(setup.tokenizer, setup.cfg, rank=setup.rank, collectives=setup.collectives)
 
 
 def _transport(name: str) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rewards.sql_sandbox import ReadOnlyDatabase
-from rlkit.data import DataError
+from rlkit.records import DataError
 
 DEFAULT_INSTRUCTION = ("Think step by step about which tables and columns are needed, then write "
                        "one SQLite query that answers the question. Put the final query in a "

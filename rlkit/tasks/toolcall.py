@@ -35,7 +35,7 @@ records without ``ground_truth``). Irrelevance files, which BFCL publishes witho
 empty ``ground_truth`` (no call expected).
 
 Files: a JSON list, or JSON lines (.jsonl, and BFCL's own .json files, which hold one object per
-line). Bad input raises ``rlkit.data.DataError`` (a ValueError) naming the file, the record index
+line). Bad input raises ``rlkit.records.DataError`` (a ValueError) naming the file, the record index
 and the missing or bad key.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from rlkit.data import DataError, json_lines
+from rlkit.records import DataError, json_lines
 
 TOOLRL_KEYS = ("instruction", "input", "output")
 BFCL_KEYS = ("question", "function", "ground_truth")

@@ -65,11 +65,7 @@ def step(backend, cfg, batch, mine, args) -> tuple[dict, float]:
     seqs, tokens = backend.all_reduce(counts) if world > 1 else counts
     loss_fn = make_loss_fn(cfg.algo, int(seqs), int(tokens), max_len=8, metric_tokens=int(tokens))
     micro = [local.select(idx) for idx in torch.arange(local.size).split(cfg.train.micro_batch_size) if idx.numel()]
-    filler = batch.select(torch.arange(1))
-    filler.advantages = torch.zeros(filler.loss_mask.shape)
-    if local.ref_logprobs is not None:
-        filler.ref_logprobs = torch.zeros(filler.loss_mask.shape)
-    return backend.train_step(micro, loss_fn, filler=filler), kl_sum
+    return backend.train_step(micro, loss_fn), kl_sum  # a rank without rows: the backend fills in
 
 
 def count_recomputed_layers(backend) -> list[int]:
