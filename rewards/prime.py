@@ -72,8 +72,6 @@ class ImplicitPRM(RewardModule):
         ``update``).  Metrics: ``loss`` and ``accuracy`` (sign of sum_t q_t against the label,
         before this update), ``reward_mean`` / ``reward_std`` (per-row sums of q),
         ``labelled_rows``."""
-        import torch
-
         if self.backend is None:
             raise RuntimeError("ImplicitPRM.update before attach(): the trainer attaches it to the run")
         ref = self._ref_logprobs(batch)
