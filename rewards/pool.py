@@ -393,8 +393,9 @@ class WorkerPool:
         for worker in list(self._workers.items):
             if worker.task is None or now < worker.deadline:
                 continue
-            what = "timed out" if worker.started else "could not load the task"
-            results[worker.task] = ("timeout", f"{what} after {timeout_s:g} s; worker killed")
+            what = f"timed out after {timeout_s:g} s" if worker.started else \
+                f"could not load the task within {timeout_s + self.load_grace_s:g} s"
+            results[worker.task] = ("timeout", f"{what}; worker killed")
             worker.task = None
             self._replace(worker)
 

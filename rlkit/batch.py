@@ -167,11 +167,14 @@ def build_batch(
     pad_token_id: int,
     rollout_logprobs: list[list[float]] | None = None,
     rows: list[dict[str, Any]] | None = None,
+    completion_masks: list[list[bool]] | None = None,
 ) -> RolloutBatch:
     """Concatenate prompt and completion token ids row by row and right-pad them.
 
     ``rollout_logprobs[i][j]`` is the engine's log-prob of ``completion_ids[i][j]`` and lands
-    at the column of that token, following the alignment rule above.
+    at the column of that token, following the alignment rule above.  ``completion_masks[i][j]``
+    False marks a completion token the policy did not sample (a multi-turn episode's
+    environment tokens): its ``loss_mask`` is False (default: every completion token is sampled).
     """
     if not (len(prompt_ids) == len(completion_ids) == len(group_ids) == len(finished)):
         raise ValueError("build_batch: prompt_ids, completion_ids, group_ids and finished differ in length")
@@ -187,7 +190,13 @@ def build_batch(
         n = len(p) + len(c)
         input_ids[i, :n] = torch.tensor(list(p) + list(c), dtype=torch.long)
         attention[i, :n] = True
-        loss_mask[i, len(p):n] = True
+        if completion_masks is None:
+            loss_mask[i, len(p):n] = True
+        else:
+            if len(completion_masks[i]) != len(c):
+                raise ValueError(f"build_batch: row {i} has {len(c)} completion tokens but "
+                                 f"{len(completion_masks[i])} mask entries")
+            loss_mask[i, len(p):n] = torch.tensor(list(completion_masks[i]), dtype=torch.bool)
         if logprobs is not None and c:
             logprobs[i, len(p):n] = torch.tensor(rollout_logprobs[i][: len(c)], dtype=torch.float32)
     return RolloutBatch(

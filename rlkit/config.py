@@ -188,6 +188,20 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class AgentConfig:
+    env: str | None = None            # multi-turn episodes: calculator | sql | plain | "module:Class" (None: single-turn)
+    env_kwargs: dict = field(default_factory=dict)  # keyword arguments of the environment's __init__
+    max_turns: int = 4                # model turns per episode at most
+    max_episode_tokens: int = 256     # model + environment tokens after the prompt at most
+    tool_timeout_s: float = 5.0       # per tool call; the worker is killed past it
+    tool_workers: int = 2             # worker processes running tool calls
+    max_observation_chars: int = 2000  # a tool result longer than this is cut
+    turn_credit: str = "sum"          # credit of turn rewards: sum | min_form | clip | delta | clip_delta
+    turn_credit_kwargs: dict = field(default_factory=dict)
+    turn_reward_weight: float = 1.0
+
+
+@dataclass(frozen=True)
 class LogConfig:
     progress: bool = True
     console_every: int = 1
@@ -204,6 +218,7 @@ class Config:
     backend: BackendConfig = field(default_factory=BackendConfig)
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -393,10 +408,11 @@ def check_config(cfg: Config) -> None:
     if cfg.eval.best_mode not in ("max", "min"):
         bad("eval.best_mode", "choose max or min")
     if cfg.eval.benchmarks:
+        from rlkit.config_checks import environment_problem
         from rlkit.eval.specs import check_specs
 
         try:
-            check_specs(cfg.eval.benchmarks)
+            check_specs(cfg.eval.benchmarks, check_env=environment_problem)
         except ValueError as exc:
             bad("eval.benchmarks", str(exc))
     if cfg.model.dtype not in ("float32", "bfloat16"):
@@ -420,9 +436,10 @@ def check_config(cfg: Config) -> None:
         bad("data.truncation", f"choose error, left or right, got {cfg.data.truncation!r}")
     if cfg.data.max_prompt_tokens < 1:
         bad("data.max_prompt_tokens", "must be >= 1")
-    from rlkit.config_checks import check_callables, check_launch
+    from rlkit.config_checks import check_agent, check_callables, check_launch
 
     check_callables(cfg, bad)
+    check_agent(cfg, bad)
     check_launch(cfg, bad, os.environ)
 
 

@@ -110,3 +110,67 @@ def check_launch(cfg: Any, error: Callable[[str, str], None], environ: dict) -> 
 
         if not torch.cuda.is_available():
             error("rollout.sleep", "frees GPU memory between steps; it needs CUDA")
+
+
+def check_agent(cfg: Any, error: Callable[[str, str], None]) -> None:
+    """``agent``: the environment resolves, its kwargs fit its ``__init__``, its tools have
+    schemas and can be imported by a worker process, and the limits are sane."""
+    agent = cfg.agent
+    if agent.env is None:
+        defaults = type(agent)()
+        changed = [f"agent.{k}" for k in vars(defaults) if getattr(agent, k) != getattr(defaults, k)]
+        if changed:
+            error(changed[0], "has no effect without agent.env (the episodes are single-turn)")
+        return
+    from rlkit.algorithms.credit import CREDIT_MODES, credit_step_rewards
+
+    problem = environment_problem(agent.env, agent.env_kwargs)
+    if problem:
+        error(f"agent.{problem[0]}", problem[1])
+    if agent.max_turns < 1:
+        error("agent.max_turns", f"must be >= 1, got {agent.max_turns}")
+    if agent.max_episode_tokens < 1 or agent.tool_workers < 1 or agent.max_observation_chars < 1:
+        error("agent", "max_episode_tokens, tool_workers and max_observation_chars must be >= 1")
+    if not 0 < agent.tool_timeout_s < float("inf"):
+        error("agent.tool_timeout_s", f"must be a positive number of seconds, got {agent.tool_timeout_s}")
+    if agent.turn_credit not in CREDIT_MODES:
+        error("agent.turn_credit", f"unknown credit {agent.turn_credit!r}; choose {', '.join(CREDIT_MODES)}")
+    bad, known = unknown_keywords(credit_step_rewards, agent.turn_credit_kwargs, ("step_rewards", "mode"))
+    if bad:
+        error("agent.turn_credit_kwargs", f"no argument {', '.join(map(repr, bad))}; accepted: {', '.join(known)}")
+    if cfg.algo.overlong_buffer:
+        error("algo.overlong_buffer", "DAPO's overlong shaping is per single completion; with agent.env use "
+              "agent.max_episode_tokens (truncated episodes show in agent/truncated_frac)")
+    if cfg.data.chat_template is False:
+        error("data.chat_template", "multi-turn episodes are rendered with the chat template; it cannot be off")
+    if any((spec.name or spec.fn.rsplit(":", 1)[-1]) == "turn" for spec in cfg.rewards.functions):
+        error("rewards.functions", "the name 'turn' is the component of the environment's turn rewards "
+              "(added with agent.env); name yours differently")
+
+
+def environment_problem(env: str, env_kwargs: dict) -> tuple[str, str] | None:
+    """``("env" | "env_kwargs", what is wrong)`` when ``env`` (a registered name or
+    ``"module:Class"``) does not load as an environment whose tools have schemas and whose
+    ``__init__`` takes ``env_kwargs``; None when it does.  For ``eval.benchmarks`` specs
+    (``rlkit.eval.specs.check_specs``) and ``rlkit eval --env``."""
+    from rlkit.agents import load_environment
+    from rlkit.agents.tools import ToolError, make_tools
+
+    try:
+        env_cls = load_environment(env)
+    except Exception as exc:  # noqa: BLE001 - any import failure is the option's error
+        return "env", " ".join(f"cannot load environment {env!r}: {type(exc).__name__}: {exc}".split())
+    bad, known = unknown_keywords(env_cls, env_kwargs)
+    if bad:
+        return "env_kwargs", (f"{env} takes no argument {', '.join(map(repr, bad))}; "
+                              f"it accepts: {', '.join(known) or 'none'}")
+    try:
+        make_tools(getattr(env_cls, "tools", ()))
+    except ToolError as exc:
+        return "env", " ".join(str(exc).split())
+    try:  # values the environment refuses fail now, not in the first episode
+        env_cls(**env_kwargs)
+    except Exception as exc:  # noqa: BLE001 - the environment's own check
+        return "env_kwargs", " ".join(f"{env}({', '.join(f'{k}={v!r}' for k, v in env_kwargs.items())}) "
+                                      f"failed: {type(exc).__name__}: {exc}".split())
+    return None

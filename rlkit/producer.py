@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 import torch
 
 from rewards.shaping import overlong_shaping
+from rlkit.agents import episode_metrics, episode_rows
 from rlkit.batch import RolloutBatch, build_batch, concat_batches
 from rlkit.config import overlong_tokens
 from rlkit.data import tokenize_prompts
 from rlkit.rollout import Sampling
 from rlkit.sampling import first_groups, kept_group_rows
-from rlkit.scoring import add_length_penalty, score_batch
+from rlkit.scoring import add_length_penalty, score_batch, unscore_failed_episodes
 
 
 @dataclass
@@ -40,8 +41,10 @@ class Produced:
 
 
 class RolloutProducer:
-    def __init__(self, cfg, sampler, rollout, reward, tokenizer, share, collectives, token_rewards_read: bool):
+    def __init__(self, cfg, sampler, rollout, reward, tokenizer, share, collectives, token_rewards_read: bool,
+                 runner=None):
         self.cfg, self.sampler, self.rollout, self.reward = cfg, sampler, rollout, reward
+        self.runner = runner  # an EpisodeRunner (rlkit/agents) with agent.env, else None: single-turn
         self.tokenizer, self.share, self.collectives = tokenizer, share, collectives
         self.token_rewards_read = token_rewards_read
         self.sampling = Sampling(n=cfg.rollout.num_samples, max_new_tokens=cfg.rollout.max_new_tokens,
@@ -58,30 +61,49 @@ class RolloutProducer:
         for round_index in range(rounds):
             out.batch = self._round(self.sampler.next_with_ids(target), timer, out)
             if not filtering:
-                return out
+                return _averaged(out)
             keep = kept_group_rows(out.batch, cfg.algo.dynamic_sampling, cfg.algo.accuracy_band,
                                    cfg.rewards.accuracy_component)
             parts.append(out.batch.select(torch.nonzero(keep).flatten()))
             kept += int(self.collectives.all_reduce([len(set(parts[-1].group_ids.tolist()))])[0])
             if kept >= target:
                 break
-        out.metrics = {"sampling/rounds": round_index + 1, "sampling/prompts_drawn": (round_index + 1) * target,
-                       "sampling/kept_groups": min(kept, target),
-                       "sampling/drawn_per_kept": (round_index + 1) * target / max(min(kept, target), 1)}
+        out.metrics.update({"sampling/rounds": round_index + 1, "sampling/prompts_drawn": (round_index + 1) * target,
+                            "sampling/kept_groups": min(kept, target),
+                            "sampling/drawn_per_kept": (round_index + 1) * target / max(min(kept, target), 1)})
         if kept == 0:  # no group passed in any round: the last round keeps the ranks in step
             out.trainable = False
-            return out
+            return _averaged(out)
         out.batch = first_groups(concat_batches(parts, self.tokenizer.pad_token_id), target, self.collectives)
-        return out
+        return _averaged(out)
 
     def _round(self, drawn: list[tuple[int, dict]], timer, out: Produced) -> RolloutBatch:
         """Generate this rank's share of the ``(draw index, row)`` prompts and score it."""
         indices = self.share.generation_indices(len(drawn))
         ids, rows = [drawn[i][0] for i in indices], [drawn[i][1] for i in indices]
         with timer("generate"):
-            prompts, truncated = tokenize_prompts(rows, self.tokenizer, self.cfg.data)
-            gens = self.rollout.generate(prompts, self.sampling)
-            gens = [g for g in gens if self.share.trains_on(g.prompt_index)]
+            if self.runner is None:
+                batch, sampled, truncated = self._single_turn(ids, rows)
+            else:
+                batch, sampled, truncated = self._episodes(ids, rows, out)
+        with timer("score"):
+            result = score_batch(self.reward, batch, sampled, self.tokenizer,
+                                 token_rewards_read=self.token_rewards_read)
+            if self.overlong:  # DAPO's soft overlong punishment, before any filter sees the scores
+                limit = self.cfg.rollout.max_new_tokens
+                penalty = [overlong_shaping(min(len(t), limit), limit, self.overlong,
+                                            self.cfg.algo.overlong_factor) for t in sampled]
+                add_length_penalty(batch, torch.tensor(penalty, dtype=torch.float32))
+            if self.runner is not None:
+                unscore_failed_episodes(batch)
+        out.failures += len(result.failures)
+        out.truncated += truncated if self.share.tp_rank == 0 else 0  # tp ranks share their prompts
+        return batch
+
+    def _single_turn(self, ids: list[int], rows: list[dict]) -> tuple[RolloutBatch, list[list[int]], int]:
+        prompts, truncated = tokenize_prompts(rows, self.tokenizer, self.cfg.data)
+        gens = self.rollout.generate(prompts, self.sampling)
+        gens = [g for g in gens if self.share.trains_on(g.prompt_index)]
         batch = build_batch(
             prompt_ids=[prompts[g.prompt_index] for g in gens],
             completion_ids=[g.token_ids for g in gens],
@@ -91,14 +113,30 @@ class RolloutProducer:
             rollout_logprobs=[g.logprobs for g in gens] if gens and gens[0].logprobs is not None else None,
             rows=[{**rows[g.prompt_index], "completion": g.text} for g in gens],
         )
-        with timer("score"):
-            result = score_batch(self.reward, batch, [g.token_ids for g in gens], self.tokenizer,
-                                 token_rewards_read=self.token_rewards_read)
-            if self.overlong:  # DAPO's soft overlong punishment, before any filter sees the scores
-                limit = self.cfg.rollout.max_new_tokens
-                penalty = [overlong_shaping(min(len(g.token_ids), limit), limit, self.overlong,
-                                            self.cfg.algo.overlong_factor) for g in gens]
-                add_length_penalty(batch, torch.tensor(penalty, dtype=torch.float32))
-        out.failures += len(result.failures)
-        out.truncated += truncated if self.share.tp_rank == 0 else 0  # tp ranks share their prompts
-        return batch
+        return batch, [g.token_ids for g in gens], truncated
+
+    def _episodes(self, ids: list[int], rows: list[dict], out: Produced):
+        """Multi-turn episodes (rlkit/agents): the environment's tokens get ``loss_mask`` False;
+        the rewards see the model's tokens only (token and turn rewards index those)."""
+        episodes = [e for e in self.runner.run(rows, self.sampling) if self.share.trains_on(e.prompt_index)]
+        for name, value in episode_metrics(episodes).items():
+            out.metrics.setdefault(name, []).append(value)
+        batch = build_batch(
+            prompt_ids=[e.prompt_ids for e in episodes],
+            completion_ids=[e.token_ids for e in episodes],
+            group_ids=[ids[e.prompt_index] for e in episodes],
+            finished=[not e.truncated for e in episodes],
+            pad_token_id=self.tokenizer.pad_token_id,
+            rollout_logprobs=[e.logprobs for e in episodes],
+            rows=episode_rows(episodes, rows),
+            completion_masks=[e.model_mask for e in episodes],
+        )
+        for row, e in zip(batch.rows, episodes):
+            row["env_error"] = e.env_error
+        return batch, [e.model_token_ids for e in episodes], 0
+
+
+def _averaged(out: Produced) -> Produced:
+    """Metrics gathered per round (lists) as their mean over the rounds."""
+    out.metrics = {k: sum(v) / len(v) if isinstance(v, list) else v for k, v in out.metrics.items()}
+    return out

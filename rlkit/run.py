@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from rlkit.agents import build_runner
 from rlkit.algorithms.advantages import get_advantage
 from rlkit.backends import make_backend
 from rlkit.backends.sharding import RankShare
@@ -77,7 +78,7 @@ class Run:
         if cfg.data.truncation == "error":  # a prompt over the limit fails now, not at the step that draws it
             tokenize_prompts(train_rows + eval_rows, tokenizer, cfg.data)
         sampler = PromptSampler(train_rows, cfg.train.seed)  # the same draws on every rank
-        reward = build_reward(cfg.rewards)
+        reward = build_reward(cfg.rewards, cfg.agent)
         reward_context = RewardContext.for_run(cfg, backend)
         reward.attach(reward_context)  # stateful rewards build on the run (rlkit/reward_api.py)
         # A resumed engine does not replay step 0's seed; each data-parallel group samples its own.
@@ -88,8 +89,13 @@ class Run:
         reads = getattr(estimator, "inputs", ())
         critic_cfg = critic_config(cfg)  # PPO: an estimator that reads values gets a critic of its own
         critic = make_backend(critic_cfg, optimizer_steps, role="critic") if "values" in reads else None
+        runner = None
+        if cfg.agent.env is not None:  # multi-turn episodes with tools (rlkit/agents)
+            runner = build_runner(cfg.agent, rollout, tokenizer, cfg.data.system_prompt,
+                                  max_model_len=None if cfg.rollout.backend == "hf" else cfg.rollout.max_model_len,
+                                  max_prompt_tokens=cfg.data.max_prompt_tokens)
         producer = RolloutProducer(cfg, sampler, rollout, reward, tokenizer, share, backend,
-                                   token_rewards_read="token_rewards" in reads)
+                                   token_rewards_read="token_rewards" in reads, runner=runner)
         logger = MetricsLogger(run_dir, cfg.train.steps, cfg.log.progress, cfg.log.console_every,
                                append=checkpoint is not None, start_step=start) if backend.is_main else None
         best = BestCheckpoint(cfg.eval.best_metric, cfg.eval.best_mode) if cfg.eval.best_metric else None
@@ -120,7 +126,7 @@ class Run:
         cfg, backend, share = self.cfg, self.backend, self.share
         mine = [self.eval_rows[i] for i in share.generation_indices(len(self.eval_rows))]
         records = heldout_records(self.rollout, self.tokenizer, mine, self.reward, cfg.data, cfg.eval.max_new_tokens,
-                                  cfg.rewards.accuracy_component)
+                                  cfg.rewards.accuracy_component, runner=self.producer.runner)
         gathered = backend.all_gather_object(records if share.tp_rank == 0 else [])
         metrics: dict = {}
         if backend.is_main:
@@ -169,5 +175,7 @@ class Run:
         if self.logger is not None:
             self.logger.close()
         self.reward.close()
+        if self.producer.runner is not None:
+            self.producer.runner.executor.close()
         self.rollout.close()  # before the backend: vLLM's shutdown leaves the process group too
         self.backend.close()

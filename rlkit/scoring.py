@@ -15,19 +15,26 @@ import torch
 from rewards import Component, combine, load_callable
 from rlkit.algorithms.credit import credit_step_rewards
 from rlkit.batch import RolloutBatch
+from rlkit.config import RewardSpec
 
 logger = logging.getLogger("rlkit")
 _WARNED: set[str] = set()  # components already warned about (score_batch)
 
 
-def build_reward(cfg):
+def build_reward(cfg, agent=None):
     """One CombinedReward from a RewardsConfig; names default to the function's attribute name.
+    With ``agent.env`` set (an AgentConfig), the environment's turn rewards join as the component
+    ``turn`` (``rewards.agent:turn_rewards``) with ``agent.turn_credit`` as its step credit.
 
     ``fn`` may name a class: it is instantiated with ``kwargs`` (a stateful reward module gets
     one instance per run); a function gets ``kwargs`` bound with ``functools.partial``.
     """
     components = {}
-    for spec in cfg.functions:
+    specs = list(cfg.functions)
+    if agent is not None and agent.env is not None:
+        specs.append(RewardSpec(fn="rewards.agent:turn_rewards", name="turn", weight=agent.turn_reward_weight,
+                                step_credit=agent.turn_credit, step_credit_kwargs=dict(agent.turn_credit_kwargs)))
+    for spec in specs:
         fn = load_callable(spec.fn)
         if inspect.isclass(fn):
             fn = fn(**spec.kwargs)
@@ -88,11 +95,11 @@ def score_batch(reward, batch: RolloutBatch, completion_ids: list[list[int]], to
     batch.token_terms = {"outcome": batch.outcome_token_rewards(batch.scores)}
     if any(result.token_rewards):  # the components' token and step rewards: the "process" term
         process = torch.zeros(batch.loss_mask.shape, dtype=torch.float32)
-        starts = (batch.loss_mask.float().argmax(dim=1)).tolist()
-        for i, dense in enumerate(result.token_rewards):
+        for i, dense in enumerate(result.token_rewards):  # the k-th value on the k-th sampled token
             if dense:
-                n = min(len(dense), int(batch.loss_mask[i].sum()))
-                process[i, starts[i]:starts[i] + n] += torch.tensor(dense[:n])
+                positions = batch.loss_mask[i].nonzero().flatten()
+                n = min(len(dense), len(positions))
+                process[i, positions[:n]] += torch.tensor(dense[:n])
         batch.add_token_term("process", process)
     return result
 
@@ -120,3 +127,16 @@ def add_length_penalty(batch: RolloutBatch, penalty: torch.Tensor, name: str = "
     batch.scores = batch.scores + penalty
     batch.reward_components[name] = penalty.clone()
     batch.add_token_term(name, batch.outcome_token_rewards(penalty))
+
+
+def unscore_failed_episodes(batch: RolloutBatch) -> None:
+    """Rows whose environment failed (``env_error`` in the row) count as unscored: every reward
+    component NaN, score and token terms 0, so they get no advantage (see ``isolate_unscored``)."""
+    failed = torch.tensor([row.get("env_error") is not None for row in batch.rows], dtype=torch.bool)
+    if not failed.any():
+        return
+    for name, values in batch.reward_components.items():
+        batch.reward_components[name] = torch.where(failed, torch.tensor(float("nan")), values)
+    batch.scores = torch.where(failed, torch.zeros(()), batch.scores)
+    for name, term in batch.token_terms.items():
+        batch.token_terms[name] = torch.where(failed[:, None], torch.zeros(()), term)

@@ -121,3 +121,20 @@ def test_kl_reference_over_two_ranks_matches_one_process(case, tiny_model, refer
     assert result["checksum"] == pytest.approx(single["checksum"], rel=1e-6)
     if save:
         assert result["unsynced"] == [], "checkpoint files written without fsync"
+
+
+def test_multi_turn_episodes_over_two_ranks_match_one_process(tiny_model, tmp_path):
+    """Two-turn episodes from rlkit's EpisodeRunner (environment tokens masked out, turn rewards
+    as the ``process`` term, process_rloo whitened over both ranks) under ZeRO-3: the same loss,
+    gradient norm and update as one process."""
+    from conftest import free_port
+
+    args = ["--model", tiny_model, "--multi-turn", "--advantage", "process_rloo"]
+    single = _run([sys.executable, str(HELPER), *args, "--single"], tmp_path / "single.json")
+    launcher = str(Path(sys.executable).parent / "deepspeed")
+    result = _run([launcher, "--num_gpus", "2", "--master_port", str(free_port()), str(HELPER), *args,
+                   "--stage", "3"], tmp_path / "zero3.json")
+    assert single["grad_norm"] > 1e-3
+    assert result["loss"] == pytest.approx(single["loss"], abs=1e-6)
+    assert result["grad_norm"] == pytest.approx(single["grad_norm"], rel=1e-5)
+    assert result["checksum"] == pytest.approx(single["checksum"], rel=1e-6)

@@ -161,6 +161,27 @@ def test_two_deepspeed_ranks_share_one_server(server, tiny_model, tmp_path):
     assert_engine_matches_export(res.run_dir, step=2)
 
 
+def test_agent_episodes_and_stop_strings_through_the_server(server, tiny_model, one_thread):
+    """Token in, token out on the server (tests/helpers/agent_vllm.py): stop strings on the tiny
+    model's weights (pushed back: the runs above changed them), then TalkEnv episodes after a push
+    of EOS-prone weights, with the pushed model's log-probs."""
+    from helpers.agent_vllm import check_stops, check_talk, eos_prone, run_stops, run_talk
+    from rlkit.models import load_causal_lm
+    from rlkit.rollout.hf import HFRollout
+
+    url, _ = server
+    rollout, tokenizer = _rollout(tiny_model, url)
+    model = load_causal_lm(tiny_model, "float32", "cpu")
+    rollout.update_weights(model.named_parameters())
+    stops = run_stops(rollout, tokenizer)
+    check_stops(tokenizer, stops)
+    hf = run_stops(HFRollout(model, tokenizer), tokenizer)
+    assert [g["token_ids"] for g in stops["greedy"]] == [g["token_ids"] for g in hf["greedy"]]
+    rollout.update_weights(eos_prone(model).named_parameters())
+    check_talk(tokenizer, run_talk(rollout, tokenizer), model=model)
+    rollout.close()
+
+
 def test_a_server_that_is_gone_raises_a_clear_error(server, tiny_model):
     """Connection refused at start, and a server killed between steps: RolloutServerError naming
     the URL, promptly (no hang in the weight broadcast)."""

@@ -5,27 +5,34 @@ import math
 from collections import defaultdict
 
 from rlkit.data import prompt_token_ids
+from rlkit.eval.metrics import episode_summary
 from rlkit.rollout import Sampling
 from rlkit.scoring import reward_columns, token_columns
 
 
 def evaluate_heldout(rollout, tokenizer, rows: list[dict], reward, data_cfg, max_new_tokens: int,
-                     accuracy_component: str | None) -> tuple[dict[str, float], list[dict]]:
+                     accuracy_component: str | None, runner=None) -> tuple[dict[str, float], list[dict]]:
     """(metrics, per-row predictions) of ``heldout_records`` and ``summarize_heldout``."""
-    records = heldout_records(rollout, tokenizer, rows, reward, data_cfg, max_new_tokens, accuracy_component)
+    records = heldout_records(rollout, tokenizer, rows, reward, data_cfg, max_new_tokens, accuracy_component,
+                              runner=runner)
     return summarize_heldout(records), records
 
 
 def heldout_records(rollout, tokenizer, rows: list[dict], reward, data_cfg, max_new_tokens: int,
-                    accuracy_component: str | None) -> list[dict]:
+                    accuracy_component: str | None, runner=None) -> list[dict]:
     """One record per row: prompt, answer, greedy completion, ``correct`` (the value of
     ``accuracy_component``, 0 where it does not apply; None without an accuracy component), ``score``,
     ``tokens`` and the row's ``level`` when it has one.  Data-parallel ranks each run their share
-    and the main rank summarises the records of all."""
+    and the main rank summarises the records of all.  With ``runner`` (an EpisodeRunner) each
+    row is a greedy multi-turn episode, and the records add ``turns``, ``tool_calls``,
+    ``tool_errors``, ``truncated`` and the ``transcript``."""
     if not rows:
         return []
+    sampling = Sampling(n=1, max_new_tokens=max_new_tokens, temperature=0.0)
+    if runner is not None:
+        return _episode_records(runner, rows, reward, sampling, accuracy_component)
     prompts = prompt_token_ids(rows, tokenizer, data_cfg)
-    gens = rollout.generate(prompts, Sampling(n=1, max_new_tokens=max_new_tokens, temperature=0.0))
+    gens = rollout.generate(prompts, sampling)
     completions = [g.text for g in gens]
     columns = reward_columns(rows)
     columns["prompts"] = columns.pop("prompt")
@@ -44,6 +51,31 @@ def heldout_records(rollout, tokenizer, rows: list[dict], reward, data_cfg, max_
     return records
 
 
+def _episode_records(runner, rows: list[dict], reward, sampling, accuracy_component: str | None) -> list[dict]:
+    from rlkit.agents import episode_rows
+
+    episodes = runner.run(rows, sampling)
+    ep_rows = episode_rows(episodes, rows)
+    columns = reward_columns(ep_rows)
+    columns["prompts"] = columns.pop("prompt")
+    ids = [e.model_token_ids for e in episodes]
+    result = reward.score([e.text for e in episodes], completion_ids=ids, **columns)
+    values = result.components.get(accuracy_component) if accuracy_component else None
+    values = values if values is not None else [None] * len(rows)
+    records = []
+    for row, e, value, score in zip(rows, episodes, values, result.scores):
+        ok = None if not accuracy_component else 0.0 if (value is None or math.isnan(value)) else float(value)
+        if e.env_error is not None:
+            ok = None if ok is None else 0.0
+        record = {"prompt": row["prompt"], "answer": row.get("answer"), "completion": e.text, "correct": ok,
+                  "score": score, "tokens": sum(e.model_mask), "turns": len(e.turns), "tool_calls": e.tool_calls,
+                  "tool_errors": e.tool_errors, "truncated": e.truncated, "transcript": e.messages}
+        if "level" in row:
+            record["level"] = row["level"]
+        records.append(record)
+    return records
+
+
 def summarize_heldout(records: list[dict]) -> dict[str, float]:
     """``eval/reward``, ``eval/response_length`` and, when the accuracy component is 0/1 on every
     row (``is_accuracy``), ``eval/accuracy`` and, when the rows span several levels,
@@ -54,6 +86,8 @@ def summarize_heldout(records: list[dict]) -> dict[str, float]:
     n = len(records)
     metrics = {"eval/reward": sum(r["score"] for r in records) / n,
                "eval/response_length": sum(r["tokens"] for r in records) / n}
+    if "turns" in records[0]:  # multi-turn episodes: the names of rlkit eval's episode metrics
+        metrics.update({f"eval/{k}": v for k, v in episode_summary([{"samples": records}]).items()})
     if not is_accuracy([r["correct"] for r in records]):
         return metrics
     metrics["eval/accuracy"] = sum(r["correct"] for r in records) / n

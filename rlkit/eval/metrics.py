@@ -8,6 +8,8 @@
   Thought Reasoning in Language Models", arXiv 2203.11171): the most frequent extracted answer of
   the k samples wins, ties go to the answer seen first, samples without an answer do not vote.
 - ``summarize``: the metrics of one benchmark run from per-row records (see ``summarize``).
+- ``episode_summary``: turns, tool calls, tool errors and the truncated share of multi-turn
+  episodes (``rlkit eval --env``, rlkit/agents).
 """
 from __future__ import annotations
 
@@ -162,7 +164,8 @@ def summarize(records: Sequence[dict], vote_equal: Callable[[Any, Any], bool] | 
     - ``pass@k`` for ``k`` in ``ks_for(n)`` and ``maj@n`` when n > 1 (n = the smallest number
       of scored samples of a problem);
     - ``n``: problems scored, ``skipped``: problems not scored, ``response_tokens``: mean tokens;
-    - ``accuracy_by_<field>/<value>`` for every breakdown field with more than one value.
+    - ``accuracy_by_<field>/<value>`` for every breakdown field with more than one value;
+    - when the samples were multi-turn episodes, the keys of ``episode_summary``.
 
     ``vote_equal(a, b)`` replaces plain equality of the ``vote`` values in the maj@n vote.
     """
@@ -183,7 +186,7 @@ def summarize(records: Sequence[dict], vote_equal: Callable[[Any, Any], bool] | 
         scored.append(record)
     metrics: dict[str, float] = {"n": float(len(scored)), "skipped": float(skipped)}
     if not scored:
-        return metrics
+        return {**metrics, **episode_summary(records)}
     metrics["accuracy"] = sum(r["accuracy"] for r in scored) / len(scored)
     strict_records = [r for r in scored if r.get("accuracy_strict") is not None]
     if strict_records:
@@ -203,4 +206,20 @@ def summarize(records: Sequence[dict], vote_equal: Callable[[Any, Any], bool] | 
         if len(parts) > 1:
             for value, (_, acc) in parts.items():
                 metrics[f"accuracy_by_{metric_slug(field)}/{metric_slug(value)}"] = acc
+    metrics.update(episode_summary(records))
     return metrics
+
+
+# sample key -> metric: means over every sample that ran as an episode
+EPISODE_METRICS = {"turns": "turns_mean", "tool_calls": "tool_calls_per_episode",
+                   "tool_errors": "tool_errors_per_episode", "truncated": "truncated_frac"}
+
+
+def episode_summary(records: Sequence[dict]) -> dict[str, float]:
+    """Means over the samples that are multi-turn episodes (they carry ``turns``, ``tool_calls``,
+    ``tool_errors`` and ``truncated``), scored or not: ``turns_mean``, ``tool_calls_per_episode``,
+    ``tool_errors_per_episode`` and ``truncated_frac``; empty when no sample is an episode."""
+    episodes = [s for r in records for s in r["samples"] if "turns" in s]
+    if not episodes:
+        return {}
+    return {name: sum(float(s[key]) for s in episodes) / len(episodes) for key, name in EPISODE_METRICS.items()}

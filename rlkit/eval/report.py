@@ -2,11 +2,13 @@
 
 - ``predictions.json``: one record per problem (id, category, breakdown groups, question, gold
   answer, per-problem accuracy and maj@n verdict) with every sample (completion, extracted
-  answer, verdict, reason, tokens);
+  answer, verdict, reason, tokens; for multi-turn episodes, ``rlkit eval --env``, also turns,
+  tool calls, tool errors, truncated and the transcript);
 - ``metrics.json``: the metrics of ``rlkit.eval.metrics.summarize`` and the run's settings;
-- ``summary.md``: the settings, a table of the metrics and one table per breakdown field (with
-  maj@n and, for Spider, the strict reading ``accuracy_strict`` as further columns; values in
-  their natural order, Spider hardness as easy, medium, hard, extra);
+- ``summary.md``: the settings, a table of the metrics (with the episode metrics when there are
+  episodes) and one table per breakdown field (with maj@n and, for Spider, the strict reading
+  ``accuracy_strict`` as further columns; values in their natural order, Spider hardness as
+  easy, medium, hard, extra);
 - ``<benchmark>.png``: bars of the overall metrics and of the accuracy per category
   (matplotlib, Agg backend, imported only when a chart is drawn).
 """
@@ -23,6 +25,8 @@ from typing import Any
 from rlkit.eval.metrics import breakdown
 
 HEADLINE = ("accuracy", "pass@", "maj@")
+EPISODE_ROWS = (("turns_mean", "turns per episode"), ("tool_calls_per_episode", "tool calls per episode"),
+                ("tool_errors_per_episode", "tool errors per episode"), ("truncated_frac", "episodes truncated"))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -83,6 +87,10 @@ def summary_markdown(benchmark: str, metrics: dict[str, float], records: Sequenc
             lines.append(f"| problems {'scored' if key == 'n' else 'not scored'} | {int(metrics[key])} |")
     if "response_tokens" in metrics:
         lines.append(f"| mean response tokens | {metrics['response_tokens']:.1f} |")
+    for key, label in EPISODE_ROWS:
+        if key in metrics:
+            value = _pct(metrics[key]) if key == "truncated_frac" else f"{metrics[key]:.2f}"
+            lines.append(f"| {label} | {value} |")
     for field in breakdown_fields(records):
         parts = breakdown(records, field)
         majority = breakdown(records, field, key="majority")

@@ -2,6 +2,7 @@
 
 - ``evaluate(rollout, tokenizer, rows, benchmark, ...)``: one benchmark on rows of
   ``rlkit.eval.benchmarks.load_benchmark``; returns ``(metrics, records)``.
+- ``episode_prompt_ids(runner, rows)``: the prompt ids of multi-turn episodes (to size a context).
 - ``evaluate_benchmarks(rollout, tokenizer, specs, step)``: what a trainer calls during training
   with a list of benchmark specs; returns ``bench/<name>/<metric>`` floats.
 - ``BestCheckpoint``: remembers the best value of one metric (keep the best checkpoint by it).
@@ -9,7 +10,9 @@
   ``embedded:NAME``, a run folder or a checkpoint folder).
 
 Rows are generated in one ``rollout.generate`` call (``n = samples`` completions per prompt);
-greedy decoding is ``temperature = 0``.
+greedy decoding is ``temperature = 0``.  With an ``EpisodeRunner`` (rlkit/agents; ``rlkit eval
+--env``, a spec's ``env``) every completion is a multi-turn episode with executed tools instead,
+judged on its final text.
 """
 from __future__ import annotations
 
@@ -42,11 +45,25 @@ def prompt_ids(rows: Sequence[dict], tokenizer, chat_template: bool = True, syst
     return prompt_token_ids(list(rows), tokenizer, cfg)
 
 
+def episode_prompt_ids(runner, rows: Sequence[dict]) -> list[list[int]]:
+    """The prompt ids ``runner.run`` starts each row's episodes with (its environment's first
+    messages with the tool schemas, through the runner's ``ChatRenderer``): what sizes an
+    engine's context for ``max_episode_tokens`` more."""
+    from rlkit.agents.env import check_messages
+
+    out = []
+    for row in rows:
+        env = runner.env_factory()
+        first = check_messages(env.reset(row), f"{type(env).__name__}.reset")
+        out.append(runner.renderer.prompt_ids(first, runner.schemas))
+    return out
+
+
 def evaluate(rollout, tokenizer, rows: Sequence[dict], benchmark: str, *, samples: int = 1,
              temperature: float = 0.0, top_p: float = 1.0, max_new_tokens: int | None = None,
              chat_template: bool = True, system_prompt: str | None = None, max_prompt_tokens: int | None = None,
              ids: list[list[int]] | None = None, sandbox: Any = None,
-             seed: int = 0) -> tuple[dict[str, float], list[dict]]:
+             seed: int = 0, runner: Any = None) -> tuple[dict[str, float], list[dict]]:
     """Generate ``samples`` completions per row, judge them, summarise.
 
     Returns ``(metrics, records)``: metrics of ``rlkit.eval.metrics.summarize`` (``accuracy``;
@@ -55,19 +72,41 @@ def evaluate(rollout, tokenizer, rows: Sequence[dict], benchmark: str, *, sample
     ``ids``: the prompts already tokenized (as ``prompt_ids`` does). Sampling with the hf backend
     draws from torch's generators seeded with ``seed`` inside ``torch.random.fork_rng``, so the
     caller's (the trainer's) RNG states are left as they were.
+
+    ``runner`` (an ``rlkit.agents.EpisodeRunner``): each completion is an episode of
+    ``runner.run(rows, Sampling(n=samples, ...))`` on the runner's backend (``rollout`` is not
+    used), seeded the same way; ``max_new_tokens`` is per turn, and the prompts are the runner's
+    (its environment's first messages with the tool schemas), so ``ids``, ``chat_template``,
+    ``system_prompt`` and ``max_prompt_tokens`` do not apply. The judged text is the episode's
+    final text (``Episode.text``); a sample adds ``turns``, ``tool_calls``, ``tool_errors``,
+    ``truncated`` and the ``transcript``, its ``tokens`` are the model's tokens only, it is
+    ``finished`` when the episode ended on its own (not truncated, its last turn not cut at
+    ``max_new_tokens``), and an episode whose environment failed is incorrect. The metrics add
+    ``turns_mean``, ``tool_calls_per_episode``, ``tool_errors_per_episode`` and
+    ``truncated_frac`` (``rlkit.eval.metrics.episode_summary``).
     """
     from rlkit.rollout import Sampling
 
     check_benchmark(benchmark)
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
+    if runner is not None and ids is not None:
+        raise ValueError("evaluate: give ids or runner, not both (an episode's prompt ids come from its runner)")
     if not rows:
         return summarize([]), []
     max_new_tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS[benchmark]
+    if runner is not None:
+        sampling = Sampling(n=samples, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        episodes = _seeded(lambda: runner.run(list(rows), sampling), sampling, seed)
+        empty = sum(not e.turns for e in episodes)
+        if empty:
+            logger.warning("%d of %d episodes had no room for a turn: their prompt fills the context "
+                           "(max_model_len %s)", empty, len(episodes), runner.max_model_len)
+        return _episode_results(rows, episodes, benchmark, sandbox)
     if ids is None:
         ids = prompt_ids(rows, tokenizer, chat_template, system_prompt, max_prompt_tokens)
     sampling = Sampling(n=samples, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
-    gens = _generate(rollout, ids, sampling, seed)
+    gens = _seeded(lambda: rollout.generate(ids, sampling), sampling, seed)
     per_row: list[list[Any]] = [[] for _ in rows]
     for gen in gens:
         per_row[gen.prompt_index].append(gen)
@@ -77,22 +116,52 @@ def evaluate(rollout, tokenizer, rows: Sequence[dict], benchmark: str, *, sample
     for index, (row, row_gens, row_verdicts) in enumerate(zip(rows, per_row, verdicts)):
         samples_out = [{"completion": g.text, **v, "tokens": len(g.token_ids), "finished": g.finished}
                        for g, v in zip(row_gens, row_verdicts)]
-        records.append({"index": index, "id": row.get("id", index), "category": row.get("category"),
-                        "groups": dict(row.get("groups") or {}), "question": row.get("question", row["prompt"]),
-                        "answer": row.get("answer"), "samples": samples_out})
+        records.append(_record(index, row, samples_out))
     metrics = summarize(records, vote_equal(benchmark))
     return metrics, records
 
 
-def _generate(rollout, ids: list[list[int]], sampling, seed: int) -> list:
+def _record(index: int, row: dict, samples: list[dict]) -> dict:
+    return {"index": index, "id": row.get("id", index), "category": row.get("category"),
+            "groups": dict(row.get("groups") or {}), "question": row.get("question", row["prompt"]),
+            "answer": row.get("answer"), "samples": samples}
+
+
+def _episode_results(rows: Sequence[dict], episodes: list, benchmark: str,
+                     sandbox: Any) -> tuple[dict[str, float], list[dict]]:
+    """Records and metrics of multi-turn episodes (``evaluate`` with a runner)."""
+    per_row: list[list[Any]] = [[] for _ in rows]
+    for episode in episodes:
+        per_row[episode.prompt_index].append(episode)
+    verdicts = judge(benchmark, rows, [[e.text for e in row_eps] for row_eps in per_row], sandbox=sandbox)
+    records = []
+    for index, (row, row_eps, row_verdicts) in enumerate(zip(rows, per_row, verdicts)):
+        samples_out = []
+        for e, verdict in zip(row_eps, row_verdicts):
+            finished = not e.truncated and e.env_error is None and bool(e.turns) and e.turns[-1].stop != "length"
+            sample = {"completion": e.text, **verdict, "tokens": sum(e.model_mask), "finished": finished,
+                      "turns": len(e.turns), "tool_calls": e.tool_calls, "tool_errors": e.tool_errors,
+                      "truncated": e.truncated, "transcript": e.messages}
+            if e.env_error is not None:  # the episode ended early: not the model's answer
+                sample.update(correct=False, vote=None, env_error=e.env_error,
+                              reason=f"environment failed: {e.env_error}")
+                if "correct_strict" in sample:
+                    sample["correct_strict"] = False
+            samples_out.append(sample)
+        records.append(_record(index, row, samples_out))
+    return summarize(records, vote_equal(benchmark)), records
+
+
+def _seeded(generate, sampling, seed: int):
+    """``generate()``; when sampling, inside ``torch.random.fork_rng`` with torch seeded by ``seed``."""
     import torch
 
     if sampling.temperature <= 0:
-        return rollout.generate(ids, sampling)
+        return generate()
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        return rollout.generate(ids, sampling)
+        return generate()
 
 
 # ---- during training -------------------------------------------------------------------------
@@ -118,23 +187,31 @@ def evaluate_benchmarks(rollout, tokenizer, specs: Sequence[dict], step: int, *,
 
     A spec is ``{"name", "benchmark", "data", "limit", "max_new_tokens", "samples", "temperature",
     "top_p", "tables", "db_dir", "instruction", "levels", "chat_template", "system_prompt",
-    "max_prompt_tokens", "underscore_to_dot"}`` (only ``benchmark`` is required; ``data`` too
-    except for arith; ``underscore_to_dot``: toolcall's BFCL function-calling-model naming,
-    ``rlkit.eval.benchmarks``). Rows are
-    loaded once per process and cached. With ``output_dir`` each benchmark's predictions and
+    "max_prompt_tokens", "underscore_to_dot", "env", "max_turns", "max_episode_tokens", "env_kwargs"}``
+    (only ``benchmark`` is required; ``data`` too except for arith; ``underscore_to_dot``:
+    toolcall's BFCL function-calling-model naming, ``rlkit.eval.benchmarks``). Rows are loaded
+    once per process and cached. With ``output_dir`` each benchmark's predictions and
     summary go to ``<output_dir>/<name>/step_<step>/`` (no chart). Metric names: ``accuracy``,
     ``pass@k``, ``maj@n``, ``response_tokens``, ``n``, ``skipped``, ``accuracy_by_<field>/<value>``.
     Greedy unless a spec asks for ``samples > 1`` (then temperature 1.0 unless given).
     ``max_model_len`` (the engine's context, ``rollout.max_model_len``): prompts keep their last
     ``max_model_len - max_new_tokens`` tokens unless a spec sets ``max_prompt_tokens``.
 
+    A spec with ``env`` (and optionally ``max_turns``, ``max_episode_tokens``, ``env_kwargs``)
+    runs multi-turn episodes: an ``EpisodeRunner`` is built for it on ``rollout`` (its tool
+    workers are stopped after the benchmark), ``max_new_tokens`` is per turn, episodes stop at
+    ``max_model_len``, and the metrics add ``turns_mean``, ``tool_calls_per_episode``,
+    ``tool_errors_per_episode`` and ``truncated_frac``.
+
     Data parallel: with ``share`` (a ``RankShare``) and ``gather`` (an all-gather of Python
     objects, e.g. the backend's ``all_gather_object``) every engine generates for its share of the
     rows only; the records of all shares are gathered and every rank returns the metrics of all
     rows (the reports are written by the rank given ``output_dir``).
     """
+    from rlkit.config_checks import environment_problem
+
     out: dict[str, float] = {}
-    for spec in check_specs(specs):
+    for spec in check_specs(specs, check_env=environment_problem):
         rows = _spec_rows(spec)
         indices = list(range(len(rows))) if share is None else share.generation_indices(len(rows))
         samples = int(spec.get("samples") or 1)
@@ -142,16 +219,22 @@ def evaluate_benchmarks(rollout, tokenizer, specs: Sequence[dict], step: int, *,
         temperature = float(temperature) if temperature is not None else (0.0 if samples == 1 else 1.0)
         max_new = int(spec.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS[spec["benchmark"]])
         max_prompt = spec.get("max_prompt_tokens")
-        if max_prompt is None and max_model_len is not None:
+        episodes = spec.get("env") is not None
+        if max_prompt is None and max_model_len is not None and not episodes:
             max_prompt = max_model_len - max_new
             if max_prompt < 1:
                 raise ValueError(f"benchmark {spec['name']}: max_new_tokens {max_new} leaves no room for the prompt "
                                  f"in max_model_len {max_model_len}")
-        metrics, records = evaluate(
-            rollout, tokenizer, [rows[i] for i in indices], spec["benchmark"], samples=samples,
-            temperature=temperature, top_p=float(spec.get("top_p") or 1.0), max_new_tokens=max_new,
-            chat_template=spec.get("chat_template", True), system_prompt=spec.get("system_prompt"),
-            max_prompt_tokens=max_prompt)
+        runner = _spec_runner(spec, rollout, tokenizer, max_model_len) if episodes else None
+        try:
+            metrics, records = evaluate(
+                rollout, tokenizer, [rows[i] for i in indices], spec["benchmark"], samples=samples,
+                temperature=temperature, top_p=float(spec.get("top_p") or 1.0), max_new_tokens=max_new,
+                chat_template=spec.get("chat_template", True), system_prompt=spec.get("system_prompt"),
+                max_prompt_tokens=max_prompt, runner=runner)
+        finally:
+            if runner is not None:
+                runner.executor.close()
         if gather is not None and share is not None:
             metrics, records = _gathered(records, indices, share, gather, spec["benchmark"])
         out.update({f"bench/{spec['name']}/{k}": float(v) for k, v in metrics.items()})
@@ -162,6 +245,22 @@ def evaluate_benchmarks(rollout, tokenizer, specs: Sequence[dict], step: int, *,
             write_report(Path(output_dir) / spec["name"] / f"step_{step}", spec["benchmark"], metrics, records,
                          settings, plot=False)
     return out
+
+
+def agent_config(env: str, env_kwargs: dict | None = None, max_turns: int | None = None,
+                 max_episode_tokens: int | None = None):
+    """The ``AgentConfig`` of an evaluation's episodes (None: ``AgentConfig``'s defaults)."""
+    from rlkit.config import AgentConfig
+
+    given = {"max_turns": max_turns, "max_episode_tokens": max_episode_tokens}
+    return AgentConfig(env=env, env_kwargs=dict(env_kwargs or {}), **{k: v for k, v in given.items() if v is not None})
+
+
+def _spec_runner(spec: dict, rollout, tokenizer, max_model_len: int | None):
+    from rlkit.agents import build_runner
+
+    cfg = agent_config(spec["env"], spec.get("env_kwargs"), spec.get("max_turns"), spec.get("max_episode_tokens"))
+    return build_runner(cfg, rollout, tokenizer, spec.get("system_prompt"), max_model_len=max_model_len)
 
 
 def _gathered(records: list[dict], indices: list[int], share: Any, gather: Any,

@@ -34,6 +34,7 @@ class Sampling:
     max_new_tokens: int = 48
     temperature: float = 1.0    # 0 = greedy
     top_p: float = 1.0
+    stop: tuple[str, ...] = ()  # strings that end a completion (kept in it): a tool-call end tag
 
 
 @dataclass
@@ -45,7 +46,8 @@ class Generation:
     token_ids: list[int]
     logprobs: list[float] | None
     text: str
-    finished: bool              # ended on an end-of-sequence token (not cut at max_new_tokens)
+    finished: bool              # ended on an end-of-sequence token or a stop string (not cut at max_new_tokens)
+    stop_reason: str | None = None  # the stop string it ended on (None: EOS or cut)
 
 
 class RolloutBackend(Protocol):

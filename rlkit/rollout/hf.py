@@ -4,8 +4,29 @@ from __future__ import annotations
 from typing import Iterable
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from rlkit.rollout import Generation, RolloutSetup, Sampling
+
+
+class _StopStrings(StoppingCriteria):
+    """Stops a row once a stop string appears in the text of its new tokens, decoded with special
+    tokens skipped, as vLLM matches them (and as ``_stop_end`` cuts afterwards).  transformers'
+    own ``stop_strings`` match the raw token strings over prompt and completion together: a stop
+    string running into the prompt, or into a special token's text (``"!<s"`` over ``!`` ``<s>``),
+    ended rows that ``_stop_end`` then did not cut, leaving pad tokens in the completion.
+    Only the last ``window`` new tokens are decoded each step (enough for the longest stop
+    string at 4 tokens a character); ``_stop_end`` checks the whole completion."""
+
+    def __init__(self, tokenizer, stops, prompt_width: int):
+        self.tokenizer, self.stops, self.start = tokenizer, tuple(stops), prompt_width
+        self.window = 4 * max(len(s) for s in self.stops) + 16
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        new = input_ids[:, self.start:]
+        texts = self.tokenizer.batch_decode(new[:, -self.window:].tolist(), skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in self.stops) for t in texts], dtype=torch.bool,
+                            device=input_ids.device)
 
 
 class HFRollout:
@@ -36,6 +57,8 @@ class HFRollout:
         greedy = sampling.temperature <= 0
         kwargs = dict(do_sample=False) if greedy else dict(
             do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+        if sampling.stop:
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_StopStrings(self.tokenizer, sampling.stop, width)])
         was_training = self.model.training
         self.model.eval()
         result = self.model.generate(
@@ -54,15 +77,35 @@ class HFRollout:
         gens = []
         for r, (prompt_index, _) in enumerate(rows):
             toks = new_tokens[r].tolist()
-            finished = False
-            for j, t in enumerate(toks):
-                if t in eos:
-                    toks, finished = toks[: j + 1], True
-                    break
+            end = next((j + 1 for j, t in enumerate(toks) if t in eos), None)
+            stop, stop_end = self._stop_end(toks[:end] if end else toks, sampling.stop)
+            if stop is not None:
+                end = stop_end
+            if end is not None:
+                toks = toks[:end]
             gens.append(Generation(
                 prompt_index=prompt_index, token_ids=toks, logprobs=token_lp[r, : len(toks)].tolist(),
-                text=self.tokenizer.decode(toks, skip_special_tokens=True), finished=finished))
+                text=self.tokenizer.decode(toks, skip_special_tokens=True), finished=end is not None,
+                stop_reason=stop))
         return gens
+
+    def _stop_end(self, toks: list[int], stops: tuple[str, ...]) -> tuple[str | None, int]:
+        """The first stop string in the decoded tokens and the length of the shortest prefix that
+        contains it (containment only grows with the prefix: binary search), or (None, 0)."""
+        decode = lambda n: self.tokenizer.decode(toks[:n], skip_special_tokens=True)  # noqa: E731
+        found = [(s, decode(len(toks)).find(s)) for s in stops]
+        found = [(s, i) for s, i in found if i >= 0]
+        if not found:
+            return None, 0
+        stop = min(found, key=lambda f: f[1] + len(f[0]))[0]
+        lo, hi = 1, len(toks)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if stop in decode(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        return stop, lo
 
     def _eos_ids(self) -> list[int]:
         eos = getattr(self.model.generation_config, "eos_token_id", None) or self.tokenizer.eos_token_id

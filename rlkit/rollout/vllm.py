@@ -80,6 +80,8 @@ class VLLMRollout:
             top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
             max_tokens=sampling.max_new_tokens,
             logprobs=0,  # the log-prob of each sampled token, under the sampling distribution
+            stop=list(sampling.stop) or None,
+            include_stop_str_in_output=True,
         )
         prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
@@ -93,7 +95,8 @@ class VLLMRollout:
                 gens.append(Generation(
                     prompt_index=index, token_ids=ids, logprobs=lps,
                     text=self.tokenizer.decode(ids, skip_special_tokens=True),
-                    finished=comp.finish_reason == "stop"))
+                    finished=comp.finish_reason == "stop",
+                    stop_reason=comp.stop_reason if isinstance(comp.stop_reason, str) else None))
         return gens
 
     def _worker(self):

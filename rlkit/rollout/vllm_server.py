@@ -115,6 +115,7 @@ class VLLMServerRollout:
             "top_p": sampling.top_p if sampling.temperature > 0 else 1.0,
             "logprobs": 0,
             "return_token_ids": True,
+            **({"stop": list(sampling.stop), "include_stop_str_in_output": True} if sampling.stop else {}),
         }
         choices = self.client.post("v1/completions", body)["choices"]
         if len(choices) != len(prompt_ids) * sampling.n:
@@ -128,7 +129,8 @@ class VLLMServerRollout:
                 prompt_index=choice["index"] // sampling.n, token_ids=ids,
                 logprobs=[float(x) for x in lps] if lps is not None else None,
                 text=self.tokenizer.decode(ids, skip_special_tokens=True),
-                finished=choice.get("finish_reason") == "stop"))
+                finished=choice.get("finish_reason") == "stop",
+                stop_reason=choice.get("stop_reason") if isinstance(choice.get("stop_reason"), str) else None))
         return gens
 
     @torch.no_grad()

@@ -45,6 +45,34 @@ def fixed_batch():
     return batch
 
 
+def multi_turn_batch(model_dir: str):
+    """GROUPS x K two-turn episodes run by rlkit's EpisodeRunner: a policy that samples random
+    characters (tests/helpers/agent_kit.py's ``RandomPolicy``), ``TalkEnv``'s user message between
+    the turns (environment tokens, loss_mask False) and its turn rewards 0 and 1, plus an outcome
+    score per row, all scored as the trainer does (token terms ``outcome`` and ``process``)."""
+    from agent_kit import RandomPolicy
+
+    from rlkit.agents import build_runner, episode_rows
+    from rlkit.config import AgentConfig, RewardsConfig, RewardSpec
+    from rlkit.models import load_tokenizer
+    from rlkit.rollout import Sampling
+    from rlkit.scoring import build_reward, score_batch
+
+    tok = load_tokenizer(model_dir)
+    agent = AgentConfig(env="agent_kit:TalkEnv", env_kwargs={"turns": 2})
+    rows = [{"prompt": f"question {g}", "score": float(torch.rand(1, generator=torch.Generator().manual_seed(g)))}
+            for g in range(GROUPS)]
+    episodes = build_runner(agent, RandomPolicy(), tok).run(rows, Sampling(n=K, max_new_tokens=6))
+    batch = build_batch([e.prompt_ids for e in episodes], [e.token_ids for e in episodes],
+                        [e.prompt_index for e in episodes], [True] * len(episodes), tok.pad_token_id,
+                        rows=episode_rows(episodes, rows), completion_masks=[e.model_mask for e in episodes])
+    reward = build_reward(RewardsConfig(functions=(RewardSpec(fn="agent_kit:row_score"),)), agent)
+    score_batch(reward, batch, [e.model_token_ids for e in episodes], tok)
+    batch.scores = batch.scores + torch.arange(batch.size) * 0.01  # distinct outcomes within a group
+    assert (~batch.loss_mask & batch.attention_mask).sum() > 0 and "process" in batch.token_terms
+    return batch
+
+
 def step(backend, cfg, batch, mine, args) -> tuple[dict, float]:
     """One optimizer step on this rank's rows; the KL summed over all rows (``kl_mode=reward``)."""
     world = getattr(backend, "world_size", 1)
@@ -59,7 +87,8 @@ def step(backend, cfg, batch, mine, args) -> tuple[dict, float]:
             kl_sum = backend.all_reduce([float((local.scores - scores).sum()) / cfg.algo.kl_coef])[0]
     estimator = get_advantage(args.advantage)
     inputs = estimator_inputs(estimator, {"all_reduce": backend.all_reduce, "input_ids": local.input_ids,
-                                          "token_rewards": local.outcome_token_rewards(scores)})
+                                          "token_rewards": local.token_rewards if args.multi_turn
+                                          else local.outcome_token_rewards(scores)})
     local.advantages = estimator(scores, local.group_ids, local.loss_mask, **inputs)
     counts = [local.size, int(local.loss_mask.sum())]
     seqs, tokens = backend.all_reduce(counts) if world > 1 else counts
@@ -136,6 +165,7 @@ def main() -> None:
     parser.add_argument("--lora", type=int, default=0, help="model.lora.r")
     parser.add_argument("--gc", action="store_true", help="model.gradient_checkpointing")
     parser.add_argument("--save", default=None, help="write a checkpoint into this run folder after the steps")
+    parser.add_argument("--multi-turn", action="store_true", help="two-turn episodes with environment tokens")
     parser.add_argument("--local_rank", type=int, default=0)  # set by the deepspeed launcher
     args = parser.parse_args()
     overrides = [
@@ -152,7 +182,7 @@ def main() -> None:
     backend = make_backend(cfg, total_optimizer_steps=10)
     rank = getattr(backend, "rank", 0)
     world = getattr(backend, "world_size", 1)
-    batch = fixed_batch()
+    batch = multi_turn_batch(args.model) if args.multi_turn else fixed_batch()
     mine = [i for i in range(batch.size) if int(batch.group_ids[i]) % world == rank]
     if args.idle_rank:
         mine = list(range(batch.size)) if rank == 0 else []
