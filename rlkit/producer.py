@@ -131,8 +131,6 @@ class RolloutProducer:
             rows=episode_rows(episodes, rows),
             completion_masks=[e.model_mask for e in episodes],
         )
-        for row, e in zip(batch.rows, episodes):
-            row["env_error"] = e.env_error
         return batch, [e.model_token_ids for e in episodes], 0
 
 

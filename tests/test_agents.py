@@ -209,3 +209,19 @@ def test_environment_arguments_and_a_reward_named_turn_are_checked_at_load():
         load_config("configs/agent_calc.yaml", ["agent.env_kwargs={examples: 7}"])
     with pytest.raises(ConfigError, match=r"rewards.functions: the name 'turn' is the component"):
         load_config("configs/agent_calc.yaml", ["rewards.functions=[{fn: 'rewards.math:correctness', name: turn}]"])
+
+
+def test_held_out_records_of_episodes_count_a_failed_environment_as_wrong(tok):
+    """Held-out evaluation runs episodes: a reward of 1 on an episode whose environment failed
+    is no correct answer; the records carry the episode's counts."""
+    from rlkit.eval.heldout import heldout_records
+    from rlkit.scoring import build_reward
+
+    agent = AgentConfig(env="helpers.agent_kit:FailingEnv")
+    reward = build_reward(RewardsConfig(functions=(RewardSpec(fn="helpers.agent_kit:row_score", name="ok"),)), agent)
+    rows = [{"prompt": "x", "score": 1.0}]
+    for env, correct in (("helpers.agent_kit:FailingEnv", 0.0), ("plain", 1.0)):
+        runner = build_runner(AgentConfig(env=env), ScriptedPolicy(tok, ["hi<eos>"]), tok)
+        (record,) = heldout_records(None, tok, rows, reward, None, 8, "ok", runner=runner)
+        assert record["correct"] == correct and record["score"] == 1.0, env
+        assert (record["turns"], record["tool_calls"], record["truncated"], record["completion"]) == (1, 0, False, "hi")

@@ -27,8 +27,8 @@ from rlkit.agents.runner import Episode, EpisodeRunner
 from rlkit.agents.tools import Tool, ToolCall, ToolError, ToolResult, make_tool, parse_tool_calls
 
 __all__ = ["ENVIRONMENTS", "Environment", "EnvTypeError", "Episode", "EpisodeRunner", "Step", "Tool", "ToolCall",
-           "ToolError", "ToolResult", "Turn", "build_runner", "episode_metrics", "episode_rows", "load_environment", "make_tool",
-           "parse_tool_calls"]
+           "ToolError", "ToolResult", "Turn", "build_runner", "episode_metrics", "episode_rows", "load_environment",
+           "make_tool", "parse_tool_calls"]
 
 
 def load_environment(name: str) -> type:
@@ -83,7 +83,8 @@ def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
 
 def episode_rows(episodes: list[Episode], rows: list[dict]) -> list[dict]:
     """Per episode the row the rewards see: the dataset columns, ``completion`` (the final text),
-    ``transcript`` (the conversation), ``turn_steps`` (turn rewards over model tokens), counts."""
+    ``transcript`` (the conversation), ``turn_steps`` (turn rewards over model tokens), counts,
+    and ``env_error`` (None, or why the environment ended the episode: it is then unscored)."""
     return [{**rows[e.prompt_index], "completion": e.text, "transcript": e.messages,
              "turn_steps": e.turn_steps(), "turns": len(e.turns), "tool_calls": e.tool_calls,
-             "tool_errors": e.tool_errors, "truncated": e.truncated} for e in episodes]
+             "tool_errors": e.tool_errors, "truncated": e.truncated, "env_error": e.env_error} for e in episodes]

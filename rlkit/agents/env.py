@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlkit.agents.tools import ToolCall, ToolResult, TOOL_CALL_BLOCK
+from rlkit.agents.tools import CALL_START, TOOL_CALL_BLOCK, ToolCall, ToolResult
 
 
 class EnvTypeError(TypeError):
@@ -72,7 +72,7 @@ def final_text(turn_texts: list[str]) -> str:
     """The text the outcome reward scores: the last turn without its tool-call blocks."""
     if not turn_texts:
         return ""
-    return TOOL_CALL_BLOCK.sub("", turn_texts[-1]).split("<tool_call>")[0].strip()
+    return TOOL_CALL_BLOCK.sub("", turn_texts[-1]).split(CALL_START)[0].strip()
 
 
 def check_messages(messages: Any, where: str) -> list[dict]:

@@ -83,15 +83,9 @@ class EpisodeRunner:
         """``sampling.n`` episodes per row, grouped like ``RolloutBackend.generate``."""
         episodes, prompts = [], {}
         for i, row in enumerate(rows):
-            for _ in range(sampling.n):
-                env = self.env_factory()  # each episode has its own environment state
-                first = check_messages(env.reset(row), f"{type(env).__name__}.reset")
-                key = repr(first)
-                if key not in prompts:
-                    prompts[key] = self.renderer.prompt_ids(first, self.schemas)
-                    self._check_prompt(prompts[key], row)
-                episodes.append(Episode(prompt_index=i, prompt_ids=prompts[key], env=env,
-                                        messages=[dict(m) for m in first]))
+            for _ in range(sampling.n):  # each episode has its own environment state
+                env, first, ids = self.start(row, prompts)
+                episodes.append(Episode(prompt_index=i, prompt_ids=ids, env=env, messages=[dict(m) for m in first]))
         turn_sampling = replace(sampling, n=1, stop=tuple(dict.fromkeys((*sampling.stop, CALL_END))))
         live = list(episodes)
         for turn_index in range(self.max_turns):
@@ -111,6 +105,18 @@ class EpisodeRunner:
         for episode in episodes:
             episode.env = None
         return episodes
+
+    def start(self, row: dict, cache: dict | None = None) -> tuple[object, list[dict], list[int]]:
+        """A fresh environment reset to ``row``, its first messages and their prompt ids (tool
+        schemas included); ``cache`` maps first messages already rendered to their ids."""
+        env = self.env_factory()
+        first = check_messages(env.reset(row), f"{type(env).__name__}.reset")
+        cache = {} if cache is None else cache
+        key = repr(first)
+        if key not in cache:
+            cache[key] = self.renderer.prompt_ids(first, self.schemas)
+            self._check_prompt(cache[key], row)
+        return env, first, cache[key]
 
     def _generate(self, live: list[Episode], sampling, budgets: list[int]):
         """One generation call for every live episode, at the largest budget; a completion that

@@ -29,47 +29,28 @@ def heldout_records(rollout, tokenizer, rows: list[dict], reward, data_cfg, max_
     if not rows:
         return []
     sampling = Sampling(n=1, max_new_tokens=max_new_tokens, temperature=0.0)
-    if runner is not None:
-        return _episode_records(runner, rows, reward, sampling, accuracy_component)
-    prompts = prompt_token_ids(rows, tokenizer, data_cfg)
-    gens = rollout.generate(prompts, sampling)
-    completions = [g.text for g in gens]
-    columns = reward_columns(rows)
+    if runner is None:
+        gens = rollout.generate(prompt_token_ids(rows, tokenizer, data_cfg), sampling)
+        texts, ids, scored = [g.text for g in gens], [g.token_ids for g in gens], rows
+        extras, failed = [{} for _ in gens], [False] * len(gens)
+    else:
+        from rlkit.agents import episode_rows
+
+        episodes = runner.run(rows, sampling)
+        texts, ids = [e.text for e in episodes], [e.model_token_ids for e in episodes]
+        scored = episode_rows(episodes, rows)
+        extras = [{k: r[k] for k in ("turns", "tool_calls", "tool_errors", "truncated", "transcript")} for r in scored]
+        failed = [e.env_error is not None for e in episodes]  # the environment ended it: not the model's answer
+    columns = reward_columns(scored)
     columns["prompts"] = columns.pop("prompt")
-    ids = [g.token_ids for g in gens]
-    result = reward.score(completions, completion_ids=ids, **columns, **token_columns(reward, tokenizer, ids))
+    result = reward.score(texts, completion_ids=ids, **columns, **token_columns(reward, tokenizer, ids))
     values = result.components.get(accuracy_component) if accuracy_component else None
     values = values if values is not None else [None] * len(rows)
     records = []
-    for row, gen, value, score in zip(rows, gens, values, result.scores):
-        ok = None if not accuracy_component else 0.0 if (value is None or math.isnan(value)) else float(value)
-        record = {"prompt": row["prompt"], "answer": row.get("answer"), "completion": gen.text,
-                  "correct": ok, "score": score, "tokens": len(gen.token_ids)}
-        if "level" in row:
-            record["level"] = row["level"]
-        records.append(record)
-    return records
-
-
-def _episode_records(runner, rows: list[dict], reward, sampling, accuracy_component: str | None) -> list[dict]:
-    from rlkit.agents import episode_rows
-
-    episodes = runner.run(rows, sampling)
-    ep_rows = episode_rows(episodes, rows)
-    columns = reward_columns(ep_rows)
-    columns["prompts"] = columns.pop("prompt")
-    ids = [e.model_token_ids for e in episodes]
-    result = reward.score([e.text for e in episodes], completion_ids=ids, **columns)
-    values = result.components.get(accuracy_component) if accuracy_component else None
-    values = values if values is not None else [None] * len(rows)
-    records = []
-    for row, e, value, score in zip(rows, episodes, values, result.scores):
-        ok = None if not accuracy_component else 0.0 if (value is None or math.isnan(value)) else float(value)
-        if e.env_error is not None:
-            ok = None if ok is None else 0.0
-        record = {"prompt": row["prompt"], "answer": row.get("answer"), "completion": e.text, "correct": ok,
-                  "score": score, "tokens": sum(e.model_mask), "turns": len(e.turns), "tool_calls": e.tool_calls,
-                  "tool_errors": e.tool_errors, "truncated": e.truncated, "transcript": e.messages}
+    for row, text, tokens, extra, bad, value, score in zip(rows, texts, ids, extras, failed, values, result.scores):
+        ok = None if not accuracy_component else 0.0 if (value is None or math.isnan(value) or bad) else float(value)
+        record = {"prompt": row["prompt"], "answer": row.get("answer"), "completion": text, "correct": ok,
+                  "score": score, "tokens": len(tokens), **extra}
         if "level" in row:
             record["level"] = row["level"]
         records.append(record)

@@ -49,14 +49,7 @@ def episode_prompt_ids(runner, rows: Sequence[dict]) -> list[list[int]]:
     """The prompt ids ``runner.run`` starts each row's episodes with (its environment's first
     messages with the tool schemas, through the runner's ``ChatRenderer``): what sizes an
     engine's context for ``max_episode_tokens`` more."""
-    from rlkit.agents.env import check_messages
-
-    out = []
-    for row in rows:
-        env = runner.env_factory()
-        first = check_messages(env.reset(row), f"{type(env).__name__}.reset")
-        out.append(runner.renderer.prompt_ids(first, runner.schemas))
-    return out
+    return [runner.start(row)[2] for row in rows]
 
 
 def evaluate(rollout, tokenizer, rows: Sequence[dict], benchmark: str, *, samples: int = 1,
