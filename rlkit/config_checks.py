@@ -143,6 +143,13 @@ def check_agent(cfg: Any, error: Callable[[str, str], None]) -> None:
               "agent.max_episode_tokens (truncated episodes show in agent/truncated_frac)")
     if cfg.data.chat_template is False:
         error("data.chat_template", "multi-turn episodes are rendered with the chat template; it cannot be off")
+    from rewards.pool import load_callable
+
+    for i, spec in enumerate(cfg.rewards.functions):  # imported already by check_callables
+        if getattr(load_callable(spec.fn), "wants_completion_offsets", False):
+            error(f"rewards.functions[{i}].fn", f"{spec.fn} cuts the completion into steps at token offsets; with "
+                  "agent.env the completion is the last turn while the tokens are every turn's, so the steps "
+                  "would not line up (give turn rewards through the environment's Step.reward instead)")
     if any((spec.name or spec.fn.rsplit(":", 1)[-1]) == "turn" for spec in cfg.rewards.functions):
         error("rewards.functions", "the name 'turn' is the component of the environment's turn rewards "
               "(added with agent.env); name yours differently")

@@ -225,3 +225,9 @@ def test_held_out_records_of_episodes_count_a_failed_environment_as_wrong(tok):
         (record,) = heldout_records(None, tok, rows, reward, None, 8, "ok", runner=runner)
         assert record["correct"] == correct and record["score"] == 1.0, env
         assert (record["turns"], record["tool_calls"], record["truncated"], record["completion"]) == (1, 0, False, "hi")
+
+
+def test_a_reward_that_cuts_steps_at_token_offsets_is_refused_with_agents():
+    with pytest.raises(ConfigError, match=r"rewards.functions\[1\].fn: rewards.prm:ProcessReward cuts the completion"):
+        load_config("configs/agent_calc.yaml", ["rewards.functions=[{fn: 'rewards.math:correctness'}, "
+                                                "{fn: 'rewards.prm:ProcessReward', name: prm}]"])
