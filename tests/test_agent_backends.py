@@ -61,6 +61,7 @@ def test_hf_episodes_are_token_in_token_out(models, tok, one_thread):
     assert stats["logprob_max_abs"] < 1e-4
 
 
+@pytest.mark.slow  # a vLLM engine in a child process; the hf tests check the same in-process
 def test_vllm_episodes_are_token_in_token_out(vllm_result, models, tok, one_thread):
     """In the engine after ``update_weights`` with the EOS-prone weights; its log-probs are the
     trainer model's at temperature 1."""
@@ -71,6 +72,7 @@ def test_hf_stop_strings_end_the_completion_at_their_token(hf_stops, tok):
     check_stops(tok, hf_stops)
 
 
+@pytest.mark.slow  # a vLLM engine in a child process; the hf tests check the same in-process
 def test_vllm_stop_strings_end_the_completion_at_their_token(vllm_result, hf_stops, tok):
     check_stops(tok, vllm_result["stops"])
     # Same weights, same greedy tokens: the stopped completions agree token for token.

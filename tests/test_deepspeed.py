@@ -123,6 +123,7 @@ def test_kl_reference_over_two_ranks_matches_one_process(case, tiny_model, refer
         assert result["unsynced"] == [], "checkpoint files written without fsync"
 
 
+@pytest.mark.slow  # keeps `make test` under 10 minutes; CI runs the slow suite too
 def test_multi_turn_episodes_over_two_ranks_match_one_process(tiny_model, tmp_path):
     """Two-turn episodes from rlkit's EpisodeRunner (environment tokens masked out, turn rewards
     as the ``process`` term, process_rloo whitened over both ranks) under ZeRO-3: the same loss,
