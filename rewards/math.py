@@ -23,7 +23,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-_NUM = r"(?:(?<![\w)\]}])-)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+(?:\.\d+)?)?"
+# a number: optional minus, digits with optional thousands commas and decimals, or a decimal
+# written without its leading zero (".4" is 0.4, never 4), optionally over a denominator
+_NUM = r"(?:(?<![\w)\]}])-)?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|(?<![\d.])\.\d+)(?:/\d+(?:\.\d+)?)?"
 _NUM_RE = re.compile(_NUM)
 _PHRASE_RE = re.compile(r"answer\s*(?:is|:)\s*[:=]?[ \t]*([^\n]*)", re.IGNORECASE)
 _FORMAT_RES = (

@@ -457,3 +457,10 @@ def execution_accuracy(completions: list[str], gold_sql: list[str | None] | None
     for i in preds:
         out[i] = float(i in ran and results_equal(ran[i], golds[i], ordered=has_top_level_order_by(gold_sql[i])))
     return out
+
+
+def sql_format(completions: list[str], reasoning_tag: str | None = None, **columns: Any) -> list[float]:
+    """1.0 where the completion has the answer format of SQLReward's format partial (``format_ok``),
+    else 0.0.  Meant as a zero-weight component that ``monitor.format_component`` names, so that
+    ``monitor/format_only`` counts completions with the format but a wrong result."""
+    return [float(format_ok(text, reasoning_tag)) for text in completions]

@@ -296,6 +296,10 @@ class ToolRLReward(RewardModule):
     reads s/total_steps wherever the spec reads s/150, i.e. the schedule spans the whole run
     (``total_steps=150`` is the spec itself); None keeps the spec's s/150.
 
+    ``correctness_mode="exact"`` (an extension for the paper's reward-granularity ablation, not in
+    the spec) replaces the fine-grained correctness by its coarse form: +3 when the calls match the
+    reference exactly (fine-grained correctness 3), else −3, before any scaling.
+
     ``update(batch)`` returns the means of the raw (unscaled) ``format`` and ``correctness``
     over the rows of the last scored batch (logged as ``<name>/format``, ``<name>/correctness``),
     or {} when no row was scored. The counter lives in this object: do not run it with
@@ -303,9 +307,12 @@ class ToolRLReward(RewardModule):
     """
 
     def __init__(self, dynamic_scaling: bool = False, ground_truth_column: str = "ground_truth",
-                 total_steps: int | None = None):
+                 total_steps: int | None = None, correctness_mode: str = "fine"):
         if total_steps is not None and total_steps <= 0:
             raise ValueError(f"ToolRLReward: total_steps must be positive, got {total_steps}")
+        if correctness_mode not in ("fine", "exact"):
+            raise ValueError(f"ToolRLReward: correctness_mode must be 'fine' or 'exact', got {correctness_mode!r}")
+        self.correctness_mode = correctness_mode
         self.dynamic_scaling = dynamic_scaling
         self.ground_truth_column = ground_truth_column
         self.total_steps = total_steps
@@ -336,6 +343,8 @@ class ToolRLReward(RewardModule):
                 raise TypeError(f"row {row}: {self.ground_truth_column!r} must be the reference assistant "
                                  f"text (str), got {type(truth).__name__}")
             fmt, corr = format_score(text.strip(), truth), correctness(text, truth)
+            if self.correctness_mode == "exact":  # the ablation's coarse reward: all calls right or nothing
+                corr = CORRECTNESS_MAX if corr == CORRECTNESS_MAX else -CORRECTNESS_MAX
             raw.append((fmt, corr))
             if step is not None:
                 fmt, corr = scaled(fmt, corr, step)
@@ -374,3 +383,24 @@ def exact_call(completions: list[str], ground_truth: list[str | None] | None = N
         r = toolrl_reward(text, truth)
         out.append(float(r["format"] == 1.0 and r["correctness"] == CORRECTNESS_MAX))
     return out
+
+
+def format_only(completions: list[str], ground_truth: list[str | None] | None = None,
+                **columns: Any) -> list[float | None]:
+    """ToolRL's raw format score (``format_score``: 1.0 for the reference's tag layout, else 0.0),
+    None without a reference.  Meant as a zero-weight component that ``monitor.format_component``
+    names, so that ``monitor/format_only`` counts completions with the format but wrong calls."""
+    if ground_truth is None:
+        raise ValueError(f"format_only needs the 'ground_truth' column; the batch has {sorted(columns)}")
+    return [None if not truth else format_score(text.strip(), truth) for text, truth in zip(completions, ground_truth)]
+
+
+def calls_answer(completion: str) -> str | None:
+    """A completion's tool calls as one comparable text (sorted JSON lines of name and parameters;
+    "" for a completion without a call block, None for an unparseable block): the final answer
+    ``monitor/collapse`` compares (``monitor.answer_fn: rewards.toolrl:calls_answer``)."""
+    calls = parse_tool_calls(completion.strip()) if "<tool_call>" in completion else []
+    if calls is None:
+        return None
+    return "\n".join(sorted(json.dumps({"name": c["name"], "parameters": c.get("parameters", {})}, sort_keys=True)
+                            for c in calls))

@@ -12,7 +12,7 @@ One checkpoint is the folder ``<train.output_dir>/checkpoints/step_<N>/`` (N = s
     reward_state/<name> reward components with a training backend of their own (PRIME's PRM):
                         that backend's state, laid out like the policy's
     critic/             PPO's critic backend, laid out like the policy's
-    extra.pt            what the caller adds (the trainer: the run summary so far)
+    extra.pt            what the caller adds (the trainer: the run summary so far, the monitors' state)
     trainer_state.json  step, PromptSampler state, format version
     config.yaml         the config of the run that wrote it
     COMPLETE            written last; a folder without it is not a checkpoint

@@ -1,4 +1,4 @@
-"""Command line: ``rlkit train | eval | serve | train-prm | label-arith-steps | prepare-model``."""
+"""Command line: ``rlkit train | eval | reward-check | serve | train-prm | label-arith-steps | prepare-model``."""
 from __future__ import annotations
 
 import argparse
@@ -54,10 +54,17 @@ def main(argv: list[str] | None = None) -> int:
     from rlkit.eval_cli import add_eval_parser
 
     add_eval_parser(sub)
+    from rlkit.reward_check import add_parser as add_reward_check_parser
+
+    add_reward_check_parser(sub)
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "serve":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
+    if args.command == "reward-check":
+        from rlkit.reward_check import main as reward_check
+
+        return reward_check(args)
     if args.command == "eval":
         from rlkit.eval_cli import run_eval_command
 

@@ -208,6 +208,12 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class MonitorConfig:  # reward-hacking monitors logged as monitor/... (rlkit/monitors.py)
+    answer_fn: str = "rlkit.monitors:final_answer"  # "module:function", completion -> final answer (collapse)
+    format_component: str | None = None  # reward component of monitor/format_only; None: one named "format", if any
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -220,6 +226,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
 
 # ---------------------------------------------------------------- loading

@@ -4,6 +4,7 @@
 keyword arguments the config gives them (``rewards.functions[i].kwargs``,
 ``algo.advantage_kwargs``) against their signatures, so a typo or a missing module fails when the
 config loads (exit code 2, the key named) rather than at step 1 after the engines started.
+It also imports ``monitor.answer_fn`` and checks ``monitor.format_component`` (``check_monitor``).
 """
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ def unknown_keywords(fn: Callable, kwargs: dict, skip: tuple[str, ...] = (),
 
 
 def check_callables(cfg: Any, error: Callable[[str, str], None]) -> None:
-    """Import the reward functions and the estimator named in ``cfg`` and check their kwargs;
-    ``error(key, message)`` raises."""
+    """Import the reward functions and the estimator named in ``cfg`` and check their kwargs, and
+    the ``monitor`` settings (``check_monitor``); ``error(key, message)`` raises."""
     from rewards.pool import load_callable
     from rlkit.algorithms.advantages import get_advantage
     from rlkit.algorithms.credit import CREDIT_MODES, credit_step_rewards
@@ -79,6 +80,7 @@ def check_callables(cfg: Any, error: Callable[[str, str], None]) -> None:
     if component not in (None, default) and component not in names:
         error("rewards.accuracy_component", f"{component!r} is not a reward component "
               f"(components: {', '.join(names)}); name one of them, or null")
+    check_monitor(cfg, error, names)
     try:
         estimator = get_advantage(cfg.algo.advantage)
     except ValueError as exc:
@@ -88,6 +90,33 @@ def check_callables(cfg: Any, error: Callable[[str, str], None]) -> None:
     if bad:
         error("algo.advantage_kwargs", f"estimator {cfg.algo.advantage!r} takes no argument "
               f"{', '.join(map(repr, bad))}; it accepts: {', '.join(known) or 'none'}")
+
+
+def check_monitor(cfg: Any, error: Callable[[str, str], None], names: list[str]) -> None:
+    """``monitor``: ``answer_fn`` imports and takes one argument; ``format_component`` names a
+    reward component other than the accuracy one, which must exist (rlkit/monitors.py)."""
+    from rewards.pool import load_callable
+
+    spec = cfg.monitor.answer_fn
+    try:
+        fn = load_callable(spec)
+    except Exception as exc:  # noqa: BLE001 - any import failure is the config's error
+        error("monitor.answer_fn", " ".join(f"cannot import {spec!r}: {type(exc).__name__}: {exc}".split()))
+    try:
+        inspect.signature(fn).bind("completion")
+    except TypeError:
+        error("monitor.answer_fn", f"{spec} must be callable with one argument (a completion's text)")
+    except ValueError:  # a builtin without a signature: nothing can be checked
+        pass
+    name = cfg.monitor.format_component
+    if name is None:
+        return
+    if name not in names:
+        error("monitor.format_component", f"{name!r} is not a reward component (components: {', '.join(names)})")
+    accuracy = cfg.rewards.accuracy_component
+    if accuracy not in names or accuracy == name:
+        error("monitor.format_component", f"format-only means format without accuracy: it needs "
+              f"rewards.accuracy_component naming another component (now {accuracy!r})")
 
 
 def check_launch(cfg: Any, error: Callable[[str, str], None], environ: dict) -> None:

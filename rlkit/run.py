@@ -21,7 +21,7 @@ from rlkit.agents import build_runner
 from rlkit.algorithms.advantages import get_advantage
 from rlkit.backends import make_backend
 from rlkit.backends.sharding import RankShare
-from rlkit.checkpoint import resume, save_checkpoint, should_save, start_point
+from rlkit.checkpoint import read_extra, resume, save_checkpoint, should_save, start_point
 from rlkit.config import Config, save_config
 from rlkit.critic import critic_config
 from rlkit.data import PromptSampler, load_rows, tokenize_prompts
@@ -29,6 +29,7 @@ from rlkit.eval.heldout import heldout_records, summarize_heldout
 from rlkit.eval.runner import BestCheckpoint, evaluate_benchmarks
 from rlkit.logging import MetricsLogger
 from rlkit.models import load_tokenizer
+from rlkit.monitors import Monitor
 from rlkit.producer import RolloutProducer
 from rlkit.rollout import make_rollout
 from rlkit.reward_api import RewardContext
@@ -56,6 +57,7 @@ class Run:
     logger: MetricsLogger | None     # the main rank's
     best: BestCheckpoint | None
     summary: dict = field(default_factory=dict)
+    monitor: Monitor = field(default_factory=Monitor)  # monitor/... metrics; the previous step's answer
 
     @classmethod
     def build(cls, cfg: Config) -> "Run":
@@ -100,14 +102,17 @@ class Run:
                                append=checkpoint is not None, start_step=start) if backend.is_main else None
         best = BestCheckpoint(cfg.eval.best_metric, cfg.eval.best_mode) if cfg.eval.best_metric else None
         return cls(cfg, backend, critic, critic_cfg, rollout, reward, reward_context, producer, sampler, estimator,
-                   tokenizer, share, eval_rows, run_dir, checkpoint, start, logger, best)
+                   tokenizer, share, eval_rows, run_dir, checkpoint, start, logger, best,
+                   monitor=Monitor.from_config(cfg))
 
     def begin(self) -> None:
         """Load a checkpoint (weights, optimizer, data position, reward state, RNGs, pushed into the
-        rollout engine), or push the trainer's weights into a server that may hold others."""
+        rollout engine; the monitors' previous answer), or push the trainer's weights into a server
+        that may hold others."""
         if self.checkpoint:
             self.summary.update(resume(self.checkpoint, self.cfg, self.backend, self.sampler, self.reward,
                                        self.rollout, self.logger, self.critic))
+            self.monitor.load_state_dict(read_extra(self.checkpoint).get("monitor", {}))
             if self.best is not None:
                 self.best.load_state_dict(self.summary.get("best", {}))
         elif self.cfg.rollout.backend == "vllm_server":
@@ -158,7 +163,8 @@ class Run:
         cfg = self.cfg
         if should_save(cfg, step):
             save_checkpoint(self.run_dir, step, self.backend, self.sampler, self.reward, cfg,
-                            extra={"summary": self.summary}, critic=self.critic)
+                            extra={"summary": self.summary, "monitor": self.monitor.state_dict()},
+                            critic=self.critic)
         if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
             self.evaluate(step)
 

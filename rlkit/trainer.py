@@ -112,10 +112,14 @@ def train_models(run: Run, batch: RolloutBatch) -> dict:
 
 
 def rollout_metrics(run: Run, produced: Produced, seconds: float) -> dict:
-    """The step's rollout metrics over all ranks, with the sampling metrics."""
+    """The step's rollout metrics over all ranks, with the sampling metrics and the hacking
+    monitors (``monitor/...``, rlkit/monitors.py; every rank updates its ``run.monitor`` alike)."""
     batch = produced.batch
-    stats = rollout_stats(batch, produced.failures, int((~scored_rows(batch)).sum()), produced.truncated)
-    metrics = step_metrics(merge_stats(run.backend.all_gather_object(stats)), run.cfg, seconds)
+    answers = run.monitor.answers([row["completion"] for row in batch.rows])
+    stats = rollout_stats(batch, produced.failures, int((~scored_rows(batch)).sum()), produced.truncated, answers)
+    merged = merge_stats(run.backend.all_gather_object(stats))
+    metrics = step_metrics(merged, run.cfg, seconds)
+    metrics.update(run.monitor.update(merged))
     metrics.update(produced.metrics)
     return metrics
 
@@ -155,21 +159,25 @@ def optimize(backend, batch: RolloutBatch, cfg: Config, make_loss=make_loss_fn) 
     return totals
 
 
-def rollout_stats(batch: RolloutBatch, failures: int, unscored: int, truncated: int = 0) -> dict:
-    """What ``step_metrics`` needs from one rank's batch, small enough to gather."""
+def rollout_stats(batch: RolloutBatch, failures: int, unscored: int, truncated: int = 0,
+                  answers: list | None = None) -> dict:
+    """What ``step_metrics`` and the monitors need from one rank's batch, small enough to gather
+    (``answers``: the completions' final answers, text or None, for ``monitor/collapse``)."""
     return {"scores": batch.scores.tolist(), "lengths": batch.completion_lengths.tolist(),
             "finished": batch.finished.tolist(), "group_ids": batch.group_ids.tolist(),
+            "answers": list(answers) if answers is not None else [None] * batch.size,
             "components": {k: v.tolist() for k, v in batch.reward_components.items()},
             "failures": failures, "unscored": unscored, "truncated": truncated}
 
 
 def merge_stats(parts: list[dict]) -> dict:
     """The ranks' ``rollout_stats`` concatenated (one part when training alone)."""
-    merged = {"scores": [], "lengths": [], "finished": [], "group_ids": [], "components": {},
+    merged = {"scores": [], "lengths": [], "finished": [], "group_ids": [], "answers": [], "components": {},
               "failures": 0, "unscored": 0, "truncated": 0}
     for part in parts:
         for key in ("scores", "lengths", "finished", "group_ids"):
             merged[key].extend(part[key])
+        merged["answers"].extend(part.get("answers") or [None] * len(part["scores"]))
         for name, values in part["components"].items():
             merged["components"].setdefault(name, []).extend(values)
         merged["failures"] += part["failures"]

@@ -334,3 +334,16 @@ def test_server_mode_settings_are_checked():
         load_config(None, base + ["rollout.weight_transfer=tcp"])
     cfg = load_config(None, base + ["critic.lr=3e-6", "algo.overlong_buffer=0.25"])
     assert cfg.critic.lr == 3e-6 and cfg.rollout.server_url.startswith("http://")
+
+
+SHIPPED = sorted((REPO_ROOT / "configs").glob("*.yaml")) + sorted((REPO_ROOT / "configs" / "ablations").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO_ROOT / "configs")))
+def test_shipped_config_passes_the_load_checks(path):
+    """Every shipped config and ablation loads and passes the checks ``rlkit train`` makes at load
+    (reward kwargs against signatures, components, agent settings)."""
+    cfg = load_config(path)
+    check_config(cfg)
+    if "ablations" in path.parts:
+        assert cfg.train.output_dir.startswith("runs/") and path.stem in cfg.train.output_dir

@@ -304,3 +304,32 @@ def canonical_calls(pred_calls: list[dict] | None) -> str | None:
     calls = [json.dumps({"name": c.get("name"), "parameters": norm(c.get("parameters", c.get("arguments", {})))},
                         sort_keys=True) for c in pred_calls]
     return json.dumps(sorted(calls))
+
+
+def ast_call_accuracy(completions: list[str], ground_truth: list[str | None] | None = None,
+                      tools: list[Sequence[dict]] | None = None, **columns: Any) -> list[float | None]:
+    """A reward component (``fn(completions, **columns)``) giving 1.0 where a completion's calls
+    pass the BFCL AST check against a ToolRL reference (``ground_truth``, the reference text; its
+    calls are the only allowed values), else 0.0, exactly as ``rlkit eval --benchmark toolcall``
+    judges ToolRL rows.  None without a reference, or when the reference passes a parameter its
+    tool does not declare (not scorable).  Meant as a zero-weight component reported as accuracy
+    (``rewards.accuracy_component``), so held-out evaluation during training is the AST check."""
+    from rewards.toolrl import parse_tool_calls, reference_calls
+
+    if ground_truth is None:
+        raise ValueError(f"ast_call_accuracy needs the 'ground_truth' column; the batch has {sorted(columns)}")
+    tools = tools if tools is not None else [()] * len(completions)
+    out: list[float | None] = []
+    for text, truth, functions in zip(completions, ground_truth, tools):
+        try:
+            calls = reference_calls(truth) if truth else None
+        except ValueError:
+            calls = None
+        golds = None if calls is None else [{c["name"]: {k: [exact_allowed(v)] for k, v in c["parameters"].items()}}
+                                            for c in calls]
+        if golds is None or undeclared_gold_params(golds, functions or ()):
+            out.append(None)
+            continue
+        pred = parse_tool_calls(text.strip()) if isinstance(text, str) else None
+        out.append(float(check_prediction(pred, golds, functions or ())[0]))
+    return out
