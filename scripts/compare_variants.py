@@ -72,13 +72,14 @@ def monitor_table(results: dict[str, list[dict]], last: int = 5) -> list[str]:
     return [*lines, ""]
 
 
-def plot(results: dict[str, list[dict]], path: Path, target: float | None, minutes_limit: float | None) -> None:
+def plot(results: dict[str, list[dict]], path: Path, target: float | None, minutes_limit: float | None,
+         extra: list[str] = ()) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2 + len(extra), figsize=(5.5 * (2 + len(extra)), 4))
     for i, (name, runs) in enumerate(results.items()):
         color = f"C{i % 10}"
         for k, r in enumerate(runs):
@@ -92,12 +93,17 @@ def plot(results: dict[str, list[dict]], path: Path, target: float | None, minut
             acc = [m.get("accuracy", float("nan")) for m in r["train"]]
             axes[1].plot(range(1, len(acc) + 1), [100 * a for a in smooth(acc)], color=color, alpha=0.6,
                          label=name if k == 0 else None)
+            for ax, key in zip(axes[2:], extra):
+                values = [m.get(key, float("nan")) for m in r["train"]]
+                ax.plot(range(1, len(values) + 1), smooth(values), color=color, alpha=0.6)
     if target is not None:
         axes[0].axhline(target, color="grey", ls=":", lw=1)
     if minutes_limit is not None:
         axes[0].axvline(minutes_limit, color="grey", ls=":", lw=1)
     axes[0].set(xlabel="training minutes", ylabel="%", title="Held-out greedy accuracy (every seed)")
     axes[1].set(xlabel="training step", ylabel="%", title="Training accuracy (5-step mean)")
+    for ax, key in zip(axes[2:], extra):
+        ax.set(xlabel="training step", title=f"{key} (5-step mean)")
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -117,6 +123,7 @@ def main() -> int:
     parser.add_argument("--intro", default="", help="a sentence on the task and the model, put before the table")
     parser.add_argument("--target", type=float, default=None, help="a dotted line at this accuracy (%%)")
     parser.add_argument("--minutes", type=float, default=None, help="a dotted line at this many training minutes")
+    parser.add_argument("--panel", action="append", default=[], help="another training metric to plot (repeatable)")
     parser.add_argument("--notes", default=None, help="a markdown file appended to the page (conclusions)")
     args = parser.parse_args()
     parsed = [parse_variant(v) for v in args.variant]
@@ -134,7 +141,7 @@ def main() -> int:
             if (run_dir / "metrics.jsonl").exists():
                 results.setdefault(name, []).append(summarise(read_run(run_dir), run_dir))
     doc, image = page_paths(args.doc)
-    plot(results, image, args.target, args.minutes)
+    plot(results, image, args.target, args.minutes, args.panel)
     eval_steps = sorted({s for runs in results.values() for r in runs for s in r["evals"]})
     rows = []
     for name, runs in results.items():
@@ -154,6 +161,7 @@ def main() -> int:
                         *(f'--variant "{v}"' for v in args.variant),
                         *([f"--target {args.target:g}"] if args.target is not None else []),
                         *([f"--minutes {args.minutes:g}"] if args.minutes is not None else []),
+                        *(f"--panel {key}" for key in args.panel),
                         *([f"--notes {args.notes}"] if args.notes else [])])
     lines = [f"# {args.title}", "",
              f"Base config `{args.base}`. {args.intro} Held-out greedy accuracy on {n_eval} held-out rows; "

@@ -192,6 +192,7 @@ def train_lines(run_dir: Path) -> dict[int, dict]:
     return {m["step"]: m for m in lines if m["kind"] == "train"}
 
 
+@pytest.mark.slow  # two training processes; the default suite's short runs check the monitor keys' ranges
 def test_run_logs_monitors_and_resumes_the_collapse_state(tiny_model, tmp_path):
     """2 steps (checkpoint at step 2), then resumed to 3: every step logs format_only (from the
     component named "format"), collapse from step 2 on, step 3 included (the previous answer

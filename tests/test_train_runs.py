@@ -54,6 +54,9 @@ def test_three_step_run(cli, tiny_model, tmp_path, backend):
         if m.get("trained_rows", 0) > 0:
             assert "entropy" in m and m["entropy"] > 0
     assert any(m.get("trained_rows", 0) > 0 for m in lines), "no step trained any row"
+    monitors = [(m["step"], k, v) for m in lines for k, v in m.items() if k.startswith("monitor/")]
+    assert all(-1 <= v <= 1 for _, _, v in monitors) and not any(s == 1 and k == "monitor/collapse"
+                                                                 for s, k, _ in monitors), monitors
     evals = [m for m in read_metrics(run) if m["kind"] == "eval"]
     assert [m["step"] for m in evals] == [0, 3]
     assert all("eval/reward" in m for m in evals)
