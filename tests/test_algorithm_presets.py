@@ -163,6 +163,7 @@ def test_rollout_correction_and_kl_in_reward_with_vllm_logprobs(cli, tiny_model,
         assert math.exp(-gap) - 1e-4 <= weight <= 1 - gap * (1 - math.exp(-gap_max)) / gap_max + 1e-4, m
 
 
+@pytest.mark.slow  # 30 s, the default suite's slowest; dynamic sampling and 2-rank training are each tested there
 def test_dynamic_sampling_on_two_deepspeed_ranks(tiny_model, tmp_path):
     pytest.importorskip("deepspeed")
     overrides = tiny_overrides(tiny_model, "hf", train__steps=2, train__lr="3e-3", train__prompts_per_step=4,
