@@ -284,7 +284,7 @@ def _bfcl_eval_row(record: dict, path: Any, index: int, underscore_to_dot: bool 
 
 def _toolrl_eval_row(record: dict, path: Any, index: int) -> dict:
     from rewards.toolrl import reference_calls
-    from rlkit.eval.toolcall_ast import call_shape, exact_allowed, undeclared_gold_params
+    from rlkit.eval.toolcall_ast import call_shape, concrete_golds, undeclared_gold_params
     from rlkit.tasks.toolcall import toolrl_row
 
     row = toolrl_row(record, path, index)
@@ -292,7 +292,7 @@ def _toolrl_eval_row(record: dict, path: Any, index: int) -> dict:
         calls = reference_calls(record["output"])
     except ValueError as exc:
         raise DataError(f"{path}, record {index + 1}: key 'output': {exc}") from exc
-    golds = [{c["name"]: {k: [exact_allowed(v)] for k, v in c["parameters"].items()}} for c in calls]
+    golds = concrete_golds(calls)
     shape = call_shape(golds, row["tools"])
     category = "toolrl_" + ("no_call" if shape == "irrelevance" else shape)
     # a reference passing a parameter its tool does not declare (a garbled ToolRL output) cannot

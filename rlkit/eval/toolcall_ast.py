@@ -306,6 +306,12 @@ def canonical_calls(pred_calls: list[dict] | None) -> str | None:
     return json.dumps(sorted(calls))
 
 
+def concrete_golds(calls: Sequence[dict]) -> list[dict]:
+    """Concrete reference calls ``{"name", "parameters"}`` (ToolRL's) as BFCL possible answers whose
+    only allowed value per parameter is the reference's own."""
+    return [{c["name"]: {k: [exact_allowed(v)] for k, v in c["parameters"].items()}} for c in calls]
+
+
 def ast_call_accuracy(completions: list[str], ground_truth: list[str | None] | None = None,
                       tools: list[Sequence[dict]] | None = None, **columns: Any) -> list[float | None]:
     """A reward component (``fn(completions, **columns)``) giving 1.0 where a completion's calls
@@ -325,8 +331,7 @@ def ast_call_accuracy(completions: list[str], ground_truth: list[str | None] | N
             calls = reference_calls(truth) if truth else None
         except ValueError:
             calls = None
-        golds = None if calls is None else [{c["name"]: {k: [exact_allowed(v)] for k, v in c["parameters"].items()}}
-                                            for c in calls]
+        golds = None if calls is None else concrete_golds(calls)
         if golds is None or undeclared_gold_params(golds, functions or ()):
             out.append(None)
             continue
