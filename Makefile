@@ -46,6 +46,9 @@ bench: $(STAMP)
 	$(PY) scripts/bench_step.py $(ARGS)
 	$(PY) scripts/bench_sql_reward.py
 	$(PY) scripts/bench_vs_trl.py $(BENCH_ARGS)
+	# steps/hour of rollout.mode sync / one_step_off / async (about 12 minutes on 2 CPUs); the learning
+	# parity runs of bench/results/async.md take --parity-steps 40 --seeds 0 1 (about 40 minutes more)
+	$(PY) scripts/bench_async.py --out bench/results/async_throughput.md
 
 clean:
 	rm -rf runs .pytest_cache

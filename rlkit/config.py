@@ -77,8 +77,14 @@ class RolloutConfig:
     dtype: str = "auto"               # vLLM weights dtype; auto = bfloat16 when the device supports it
     tensor_parallel_size: int = 1     # vLLM tensor parallelism over that many consecutive ranks (colocated)
     sleep: bool = False               # CUDA: the engine frees its GPU memory while the trainer trains
-    # vllm_server: a server started with `rlkit serve` (rlkit/rollout/vllm_server.py)
+    # generation ahead of training (rlkit/async_rollout.py): sync | one_step_off | async
+    mode: str = "sync"
+    max_staleness: int = 1            # async: rounds made ahead; older samples (policy versions) are dropped
+    weight_update: str = "finish"     # with requests in flight: finish (on the old weights) | pause (vllm_server)
+    # vllm_server: a server started with `rlkit serve` (rlkit/rollout/vllm_server.py); "auto": the
+    # run starts one for its policy and stops it at the end (rlkit/rollout/managed_server.py)
     server_url: str = "http://127.0.0.1:8000"
+    server_cpus: list = field(default_factory=list)  # auto: CPU ids the started server is pinned to
     server_timeout_s: float = 300.0   # per request and per weight broadcast; then RolloutServerError
     server_workers: int = 1           # the server's worker processes (its tensor x data parallel size)
     weight_transfer: str = "auto"     # auto (nccl on CUDA, gloo elsewhere) | nccl | gloo
@@ -362,17 +368,9 @@ def check_config(cfg: Config) -> None:
 
     if cfg.rollout.backend not in ROLLOUT_BACKENDS:
         bad("rollout.backend", f"unknown backend {cfg.rollout.backend!r}; choose {ROLLOUT_BACKENDS.choices()}")
-    if cfg.rollout.backend == "vllm_server":
-        if not cfg.rollout.server_url.startswith(("http://", "https://")):
-            bad("rollout.server_url", f"{cfg.rollout.server_url!r} is not an http(s) URL")
-        if cfg.rollout.tensor_parallel_size > 1:
-            bad("rollout.tensor_parallel_size", "with vllm_server, set tensor parallelism on the server "
-                "(rlkit serve ... --tensor-parallel-size N) and rollout.server_workers to match")
-        if cfg.rollout.weight_transfer not in ("auto", "nccl", "gloo"):
-            bad("rollout.weight_transfer",
-                f"unknown transport {cfg.rollout.weight_transfer!r}; choose auto, nccl or gloo")
-        if cfg.rollout.server_workers < 1 or cfg.rollout.weight_bucket_mb <= 0 or cfg.rollout.server_timeout_s <= 0:
-            bad("rollout.server_workers", "server_workers must be >= 1, weight_bucket_mb and server_timeout_s > 0")
+    from rlkit.config_checks import check_rollout
+
+    check_rollout(cfg, bad)
     if cfg.backend.name not in TRAIN_BACKENDS:
         bad("backend.name", f"unknown training backend {cfg.backend.name!r}; choose {TRAIN_BACKENDS.choices()}")
     if cfg.backend.zero_stage not in (2, 3):

@@ -119,6 +119,54 @@ def check_monitor(cfg: Any, error: Callable[[str, str], None], names: list[str])
               f"rewards.accuracy_component naming another component (now {accuracy!r})")
 
 
+ROLLOUT_MODES = ("sync", "one_step_off", "async")   # rlkit/async_rollout.py
+WEIGHT_UPDATES = ("finish", "pause")
+
+
+def check_rollout(cfg: Any, error: Callable[[str, str], None]) -> None:
+    """``rollout``: the server settings and the modes that generate ahead (rlkit/async_rollout.py)."""
+    r = cfg.rollout
+    if r.backend == "vllm_server":
+        if r.server_url != "auto" and not r.server_url.startswith(("http://", "https://")):
+            error("rollout.server_url", f"{r.server_url!r} is not an http(s) URL (or auto: the run starts one)")
+        if r.tensor_parallel_size > 1:
+            error("rollout.tensor_parallel_size", "with vllm_server, set tensor parallelism on the server "
+                  "(rlkit serve ... --tensor-parallel-size N) and rollout.server_workers to match")
+        if r.weight_transfer not in ("auto", "nccl", "gloo"):
+            error("rollout.weight_transfer", f"unknown transport {r.weight_transfer!r}; choose auto, nccl or gloo")
+        if r.server_workers < 1 or r.weight_bucket_mb <= 0 or r.server_timeout_s <= 0:
+            error("rollout.server_workers", "server_workers must be >= 1, weight_bucket_mb and server_timeout_s > 0")
+    if r.server_cpus and not (r.backend == "vllm_server" and r.server_url == "auto"):
+        error("rollout.server_cpus", "pins the server a run starts itself: needs rollout.backend=vllm_server "
+              "and rollout.server_url=auto")
+    if not all(isinstance(c, int) and c >= 0 for c in r.server_cpus):
+        error("rollout.server_cpus", f"must be a list of CPU ids, got {r.server_cpus!r}")
+    if r.mode not in ROLLOUT_MODES:
+        error("rollout.mode", f"unknown mode {r.mode!r}; choose {', '.join(ROLLOUT_MODES)}")
+    if r.weight_update not in WEIGHT_UPDATES:
+        error("rollout.weight_update", f"unknown value {r.weight_update!r}; choose {', '.join(WEIGHT_UPDATES)}")
+    if r.max_staleness < 1:
+        error("rollout.max_staleness", "must be >= 1 (policy versions a sample may lag)")
+    if r.mode == "sync":
+        for key, value, default in (("max_staleness", r.max_staleness, 1), ("weight_update", r.weight_update, "finish")):
+            if value != default:
+                error(f"rollout.{key}", "only applies with rollout.mode one_step_off or async (the mode is sync)")
+        return
+    if r.mode == "one_step_off" and r.max_staleness != 1:
+        error("rollout.max_staleness", "one_step_off is async with max_staleness 1; use rollout.mode=async")
+    if r.backend == "hf":
+        error("rollout.mode", f"{r.mode} generates while the trainer trains, so it needs an engine of its own: "
+              "rollout.backend=vllm_server (or vllm); hf generates with the policy being trained")
+    if r.weight_update == "pause" and r.backend != "vllm_server":
+        error("rollout.weight_update", "pause freezes a server's requests during the update: needs "
+              "rollout.backend=vllm_server (the in-process engine finishes its batch: finish)")
+    if r.sleep:
+        error("rollout.sleep", f"the engine keeps generating while the trainer trains in mode {r.mode}")
+    if cfg.algo.rollout_correction == "none":
+        error("algo.rollout_correction", f"rollout.mode={r.mode} trains on samples of older policies: set token_tis "
+              "(decoupled PPO, the engine's log-probs as behaviour), seq_tis or seq_mask")
+
+
 def check_launch(cfg: Any, error: Callable[[str, str], None], environ: dict) -> None:
     """What the launch decides (``WORLD_SIZE`` is set by the launcher before the config loads)
     and the hardware: refused here rather than when the engines start."""

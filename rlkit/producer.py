@@ -38,6 +38,8 @@ class Produced:
     truncated: int = 0
     metrics: dict = field(default_factory=dict)
     trainable: bool = True
+    draws: list = field(default_factory=list)          # draw indices consumed (trained or filtered out)
+    dropped_stale: list = field(default_factory=list)  # draw indices dropped as too stale (async modes)
 
 
 class RolloutProducer:
@@ -51,15 +53,25 @@ class RolloutProducer:
                                  temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p)
         self.overlong = overlong_tokens(cfg.algo, cfg.rollout.max_new_tokens)
 
-    def produce(self, timer) -> Produced:
+    def produce(self, timer, ahead=None) -> Produced:
         """One round of ``prompts_per_step`` prompts, or with the filters rounds until
-        ``prompts_per_step`` groups are kept or ``algo.max_sampling_rounds`` rounds are done."""
+        ``prompts_per_step`` groups are kept or ``algo.max_sampling_rounds`` rounds are done.
+
+        ``ahead`` (rlkit/async_rollout.py, ``rollout.mode`` one_step_off / async) hands over rounds
+        its thread generated and scored earlier with ``make_round``; without it each round is
+        drawn and generated now.  Either way the cross-rank steps (the filters' agreement on the
+        kept groups) run here, in the trainer's thread."""
         cfg, target = self.cfg, self.cfg.train.prompts_per_step
         filtering = cfg.algo.dynamic_sampling or cfg.algo.accuracy_band is not None
         rounds = cfg.algo.max_sampling_rounds if filtering else 1
         out, parts, kept = Produced(batch=None), [], 0  # type: ignore[arg-type]
         for round_index in range(rounds):
-            out.batch = self._round(self.sampler.next_with_ids(target), timer, out)
+            if ahead is None:
+                drawn = self.sampler.next_with_ids(target)
+                out.draws.extend(i for i, _ in drawn)
+                out.batch = self.make_round(drawn, timer, out)
+            else:
+                out.batch = ahead.take(timer, out)
             if not filtering:
                 return _averaged(out)
             keep = kept_group_rows(out.batch, cfg.algo.dynamic_sampling, cfg.algo.accuracy_band,
@@ -77,8 +89,9 @@ class RolloutProducer:
         out.batch = first_groups(concat_batches(parts, self.tokenizer.pad_token_id), target, self.collectives)
         return _averaged(out)
 
-    def _round(self, drawn: list[tuple[int, dict]], timer, out: Produced) -> RolloutBatch:
-        """Generate this rank's share of the ``(draw index, row)`` prompts and score it."""
+    def make_round(self, drawn: list[tuple[int, dict]], timer, out: Produced) -> RolloutBatch:
+        """Generate this rank's share of the ``(draw index, row)`` prompts and score it (no
+        collectives: a producer thread may call it while the trainer trains)."""
         indices = self.share.generation_indices(len(drawn))
         ids, rows = [drawn[i][0] for i in indices], [drawn[i][1] for i in indices]
         with timer("generate"):

@@ -8,9 +8,11 @@ collectives are identities in one process.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import torch
 
 from rlkit.agents import build_runner
 from rlkit.algorithms.advantages import get_advantage
+from rlkit.async_rollout import AheadProducer, Serialized
 from rlkit.backends import make_backend
 from rlkit.backends.sharding import RankShare
 from rlkit.checkpoint import read_extra, resume, save_checkpoint, should_save, start_point
@@ -58,6 +61,8 @@ class Run:
     best: BestCheckpoint | None
     summary: dict = field(default_factory=dict)
     monitor: Monitor = field(default_factory=Monitor)  # monitor/... metrics; the previous step's answer
+    ahead: AheadProducer | None = None   # rollout.mode one_step_off / async: the producer thread
+    server: Any = None                   # rollout.server_url=auto: the server this run started
 
     @classmethod
     def build(cls, cfg: Config) -> "Run":
@@ -83,6 +88,7 @@ class Run:
         reward = build_reward(cfg.rewards, cfg.agent)
         reward_context = RewardContext.for_run(cfg, backend)
         reward.attach(reward_context)  # stateful rewards build on the run (rlkit/reward_api.py)
+        cfg, server = _start_server(cfg, backend, run_dir)
         # A resumed engine does not replay step 0's seed; each data-parallel group samples its own.
         rollout = make_rollout(cfg.rollout.backend, backend.model, tokenizer, backend.model_path, cfg.rollout,
                                seed=cfg.train.seed + start + 1_000_003 * share.dp_rank,
@@ -96,14 +102,26 @@ class Run:
             runner = build_runner(cfg.agent, rollout, tokenizer, cfg.data.system_prompt,
                                   max_model_len=None if cfg.rollout.backend == "hf" else cfg.rollout.max_model_len,
                                   max_prompt_tokens=cfg.data.max_prompt_tokens)
+        ahead = None
+        if cfg.rollout.mode != "sync":  # two threads share the engine and the reward: one call at a time
+            engine_calls = ("generate", "update_weights") if cfg.rollout.weight_update == "finish" else ()
+            rollout = Serialized(rollout, threading.Lock(), engine_calls + ("close",))
+            reward = Serialized(reward, threading.RLock(), ("score", "update", "state_dict", "load_state_dict",
+                                                            "save_state", "load_state"))
+            if runner is not None:  # its tool workers serve one thread's episodes at a time
+                runner.backend = rollout
+                runner = Serialized(runner, threading.Lock(), ("run",))
         producer = RolloutProducer(cfg, sampler, rollout, reward, tokenizer, share, backend,
                                    token_rewards_read="token_rewards" in reads, runner=runner)
+        if cfg.rollout.mode != "sync":
+            ahead = AheadProducer(producer.make_round, sampler, backend, cfg.train.prompts_per_step,
+                                  capacity=cfg.rollout.max_staleness, max_staleness=cfg.rollout.max_staleness)
         logger = MetricsLogger(run_dir, cfg.train.steps, cfg.log.progress, cfg.log.console_every,
                                append=checkpoint is not None, start_step=start) if backend.is_main else None
         best = BestCheckpoint(cfg.eval.best_metric, cfg.eval.best_mode) if cfg.eval.best_metric else None
         return cls(cfg, backend, critic, critic_cfg, rollout, reward, reward_context, producer, sampler, estimator,
                    tokenizer, share, eval_rows, run_dir, checkpoint, start, logger, best,
-                   monitor=Monitor.from_config(cfg))
+                   monitor=Monitor.from_config(cfg), ahead=ahead, server=server)
 
     def begin(self) -> None:
         """Load a checkpoint (weights, optimizer, data position, reward state, RNGs, pushed into the
@@ -117,6 +135,24 @@ class Run:
                 self.best.load_state_dict(self.summary.get("best", {}))
         elif self.cfg.rollout.backend == "vllm_server":
             self.rollout.update_weights(self.backend.named_parameters())
+
+    def push_weights(self) -> None:
+        """The trainer's weights into the engine; later rounds made ahead carry the new version."""
+        self.rollout.wake()
+        self.rollout.update_weights(self.backend.sync_weights())
+        if self.ahead is not None:
+            self.ahead.weights_pushed()
+
+    def record_draws(self, step: int, produced) -> None:
+        """One line of ``ledger.jsonl``: the draw indices the step consumed (trained on, or left
+        out by a filter) and those dropped as too stale; a resumed run first writes the step it
+        resumed after (lines after that step from before the resume are superseded)."""
+        if not self.backend.is_main:
+            return
+        lines = [] if step != self.start + 1 or not self.start else [{"resume": self.start}]
+        lines.append({"step": step, "consumed": produced.draws, "dropped_stale": produced.dropped_stale})
+        with open(self.run_dir / "ledger.jsonl", "a") as f:
+            f.write("".join(json.dumps(line) + "\n" for line in lines))
 
     def log(self, step: int, metrics: dict, kind: str = "train") -> None:
         if self.logger is not None:
@@ -162,9 +198,13 @@ class Run:
         """Checkpoint and evaluate when the config says so."""
         cfg = self.cfg
         if should_save(cfg, step):
-            save_checkpoint(self.run_dir, step, self.backend, self.sampler, self.reward, cfg,
-                            extra={"summary": self.summary, "monitor": self.monitor.state_dict()},
-                            critic=self.critic)
+            # Generating ahead, the data position saved is the first prompt not yet taken: the
+            # prompts in flight are drawn again after a resume (rlkit/async_rollout.py).
+            position = self.ahead if self.ahead is not None else self.sampler
+            in_flight = self.ahead.in_flight() if self.ahead is not None else []
+            save_checkpoint(self.run_dir, step, self.backend, position, self.reward, cfg,
+                            extra={"summary": self.summary, "monitor": self.monitor.state_dict(),
+                                   "in_flight": in_flight}, critic=self.critic)
         if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
             self.evaluate(step)
 
@@ -178,10 +218,30 @@ class Run:
             (self.run_dir / "summary.json").write_text(json.dumps(self.summary, indent=2))
 
     def close(self) -> None:
+        if self.ahead is not None:  # its generation in flight ends before the engine closes
+            self.ahead.close(self.cfg.rollout.server_timeout_s)
         if self.logger is not None:
             self.logger.close()
         self.reward.close()
         if self.producer.runner is not None:
             self.producer.runner.executor.close()
-        self.rollout.close()  # before the backend: vLLM's shutdown leaves the process group too
+        try:
+            self.rollout.close()  # before the backend: vLLM's shutdown leaves the process group too
+        finally:
+            if self.server is not None:
+                self.server.stop()
         self.backend.close()
+
+
+def _start_server(cfg: Config, backend, run_dir: Path) -> tuple[Config, Any]:
+    """``rollout.server_url=auto``: the main rank starts a vLLM server for the policy
+    (rlkit/rollout/managed_server.py) and every rank gets its URL; else ``(cfg, None)``."""
+    if cfg.rollout.backend != "vllm_server" or cfg.rollout.server_url != "auto":
+        return cfg, None
+    server = None
+    if backend.is_main:
+        from rlkit.rollout.managed_server import ManagedServer
+
+        server = ManagedServer.start(backend.model_path, cfg.rollout, run_dir / "server.log")
+    url = backend.broadcast_object(server.url if server is not None else None)
+    return dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, server_url=url)), server

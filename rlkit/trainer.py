@@ -44,7 +44,7 @@ def train(cfg: Config) -> dict:
         for step in range(run.start + 1, cfg.train.steps + 1):
             timer, started = PhaseTimer(), time.perf_counter()
             run.reward_context.step = step
-            produced = run.producer.produce(timer)  # generate, score, filter groups
+            produced = run.producer.produce(timer, run.ahead)  # generate (or take made ahead), score, filter
             batch = produced.batch
             run.rollout.sleep()
             with timer("score"):
@@ -55,10 +55,10 @@ def train(cfg: Config) -> dict:
             with timer("train"):
                 metrics.update(train_models(run, batch))
             with timer("sync"):
-                run.rollout.wake()
-                run.rollout.update_weights(run.backend.sync_weights())
+                run.push_weights()
             metrics.update(rollout_metrics(run, produced, time.perf_counter() - started))
             run.log(step, {**metrics, **timer.metrics()})
+            run.record_draws(step, produced)
             run.after_step(step)
         run.finish()
     finally:
@@ -121,6 +121,8 @@ def rollout_metrics(run: Run, produced: Produced, seconds: float) -> dict:
     metrics = step_metrics(merged, run.cfg, seconds)
     metrics.update(run.monitor.update(merged))
     metrics.update(produced.metrics)
+    if run.ahead is not None:  # staleness/..., the producer thread's waits and work
+        metrics.update(run.ahead.step_metrics())
     return metrics
 
 

@@ -138,10 +138,19 @@ class VLLMServerRollout:
         """Every rank walks the tensors (ZeRO-3 gathers are collective); rank 0 sends them."""
         dtype = self.torch_dtype
         self.source.pairs = [(n, t.detach().to(dtype)) for n, t in named_tensors]
+        # rollout.weight_update=pause (generation ahead of training): requests in flight are frozen
+        # and go on with the new weights; otherwise the caller pushes between generate calls.
+        pause = self.rank == 0 and getattr(self.cfg, "weight_update", "finish") == "pause"
         try:
             if self.sender is None:
                 self.sender = self._connect()
-            self.sender.send_weights()
+            if pause:
+                self.client.post("pause?mode=keep&clear_cache=false")
+            try:
+                self.sender.send_weights()
+            finally:
+                if pause:
+                    self.client.post("resume")
             if self.rank == 0:
                 self.client.post("reset_prefix_cache")
         except RuntimeError as exc:  # gloo/NCCL errors when the server dies mid-transfer

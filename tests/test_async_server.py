@@ -1,0 +1,93 @@
+"""Asynchronous rollouts through a vLLM server the run starts itself (``rollout.server_url=auto``,
+``rollout.weight_update=pause``): a trainer killed with SIGKILL mid-run takes its server with it
+(no orphaned processes), and the run resumed from its last checkpoint neither loses nor repeats a
+prompt (the ledger).  Slow: the server takes a while to start on a CPU."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO_ROOT, subprocess_env, tiny_overrides
+from test_async_rollout import _ledger
+
+pytest.importorskip("vllm")
+pytestmark = pytest.mark.slow
+
+STEPS, PROMPTS = 40, 2
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _group(pgid: int) -> list[int]:
+    """Live processes of process group ``pgid`` (the server and its engine process)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                pids.append(int(entry))
+    return pids
+
+
+def _command(tiny_model, run_dir, *extra):
+    overrides = tiny_overrides(tiny_model, "vllm_server", rollout__server_url="auto", rollout__mode="async",
+                               rollout__max_staleness="2", rollout__weight_update="pause",
+                               rollout__gpu_memory_utilization="0.05", algo__rollout_correction="token_tis",
+                               train__prompts_per_step=str(PROMPTS), train__steps=str(STEPS),
+                               train__save_every="3", train__keep_checkpoints="0")
+    return [sys.executable, "-m", "rlkit.cli", "train", *overrides,
+            "rewards.functions=[{fn: 'rlkit.testing_rewards:CountingReward', name: digits}]",
+            "rewards.accuracy_component=digits", "eval.every=0", "eval.before=false", "log.progress=false",
+            f"train.output_dir={run_dir}", *extra]
+
+
+def test_sigkill_mid_run_leaves_no_server_and_the_resumed_run_consumes_every_prompt_once(tiny_model, tmp_path):
+    run_dir = tmp_path / "run"
+    out = tmp_path / "first.log"
+    with open(out, "w") as f:
+        trainer = subprocess.Popen(_command(tiny_model, run_dir), cwd=REPO_ROOT, env=subprocess_env(),
+                                   stdout=f, stderr=subprocess.STDOUT)
+    ledger = run_dir / "ledger.jsonl"
+    deadline = time.time() + 300
+    while not (ledger.exists() and len(ledger.read_text().splitlines()) >= 7):  # past the step-6 checkpoint
+        assert trainer.poll() is None, out.read_text()[-3000:]
+        assert time.time() < deadline, "the run made no progress in 300 s:\n" + out.read_text()[-3000:]
+        time.sleep(0.05)
+    trainer.send_signal(signal.SIGKILL)
+    trainer.wait(30)
+    assert trainer.returncode == -signal.SIGKILL
+    server_pid = int(re.search(r"started a vLLM server for the run \(pid (\d+)\)", out.read_text()).group(1))
+    deadline = time.time() + 60  # the parent-death signal stops the server and its engine
+    while _group(server_pid) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not _group(server_pid), f"orphaned server processes: {_group(server_pid)}"
+
+    killed_at = max(json.loads(line)["step"] for line in ledger.read_text().splitlines())
+    assert killed_at < STEPS
+    resumed = subprocess.run(_command(tiny_model, run_dir, "train.resume=auto"), cwd=REPO_ROOT,
+                             env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    steps = _ledger(run_dir)
+    assert sorted(steps) == list(range(1, STEPS + 1))
+    draws = [i for step in sorted(steps) for i in steps[step]]
+    assert sorted(draws) == list(range(STEPS * PROMPTS)), "a prompt was lost or trained twice"
+    assert draws == sorted(draws)  # consumed in the order drawn, across the resume
+    second_pid = int(re.search(r"\(pid (\d+)\)", resumed.stdout).group(1))
+    assert second_pid != server_pid and not _alive(second_pid) and not _group(second_pid)
