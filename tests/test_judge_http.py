@@ -56,18 +56,18 @@ class FakeOpenAI:
                     owner.bodies.append((self.path, body))
                 try:
                     time.sleep(owner.delay_s)
-                    if number <= owner.fail_first:
-                        self._json(owner.fail_status, {"error": {"message": "try again"}})
-                    elif self.path == "/v1/chat/completions":
-                        self._json(200, {"choices": [{"index": 0, "message": {"role": "assistant",
-                                                                               "content": owner.reply(body)}}]})
-                    elif self.path == "/v1/completions":
-                        self._json(200, {"choices": [{"index": 0, "text": owner.reply(body)}]})
-                    else:
-                        self._json(404, {"error": "not found"})
-                finally:
+                finally:  # no longer in flight before the reply leaves: the client may send its next at once
                     with owner.lock:
                         owner.in_flight -= 1
+                if number <= owner.fail_first:
+                    self._json(owner.fail_status, {"error": {"message": "try again"}})
+                elif self.path == "/v1/chat/completions":
+                    self._json(200, {"choices": [{"index": 0, "message": {"role": "assistant",
+                                                                           "content": owner.reply(body)}}]})
+                elif self.path == "/v1/completions":
+                    self._json(200, {"choices": [{"index": 0, "text": owner.reply(body)}]})
+                else:
+                    self._json(404, {"error": "not found"})
 
             def _json(self, status, payload):
                 data = json.dumps(payload).encode()
