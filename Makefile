@@ -27,6 +27,8 @@ prepare-model: $(STAMP)
 
 train: $(STAMP)
 	$(PY) -m rlkit.cli train --config $(CONFIG) $(ARGS)
+	# the training curves as a picture in the run folder (its path is printed)
+	$(PY) -m rlkit.cli plot "$$($(PY) -m rlkit.cli config show $(CONFIG) $(ARGS) --key train.output_dir)"
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
@@ -48,7 +50,7 @@ bench: $(STAMP)
 	$(PY) scripts/bench_vs_trl.py $(BENCH_ARGS)
 	# steps/hour of rollout.mode sync / one_step_off / async (about 12 minutes on 2 CPUs); the learning
 	# parity runs of bench/results/async.md take --parity-steps 40 --seeds 0 1 (about 40 minutes more)
-	$(PY) scripts/bench_async.py --out bench/results/async_throughput.md
+	$(PY) scripts/bench_async.py --out bench/results/async_latest.md
 
 clean:
 	rm -rf runs .pytest_cache

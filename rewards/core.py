@@ -2,9 +2,9 @@
 
 A reward is any callable ``fn(completions: list[str], **columns) -> list[float | None]``, plain or
 ``async def``; ``columns`` are per-row lists (dataset fields, ``prompts``, ``completion_ids``) and
-unused ones must be accepted. ``None`` = "does not apply to this row". A row may instead be a
-``RewardOutput`` with step spans and/or dense token rewards; every value is normalised into a
-``RewardOutput`` (or None) before ``combine()`` weighs the components and isolates failing rows.
+unused ones must be accepted. ``None`` = "does not apply to this row"; an exception instance =
+"this row failed". A row may instead be a ``RewardOutput`` with step spans and/or dense token
+rewards; every value becomes a ``RewardOutput`` (or None) before ``combine()`` weighs the components.
 
 Every reward call has a time limit: ``timeout_s`` seconds per row (the component's, else
 combine's). A ``pool=True`` component runs each row in a worker process killed at its limit; any
@@ -12,8 +12,7 @@ other component runs in a thread of its own (``rewards.pool.CallThread``) and a 
 may take ``n * timeout_s`` seconds (plus ``load_grace_s`` on the component's first call, for
 models loaded lazily). The rows of a call that timed out are unscored (NaN, counted as
 failures) and the run goes on; a sync call that hangs is abandoned in its thread and the
-component is skipped until it returns. A batch call that raises is retried row by row, so
-only the rows that fail are lost. No torch import.
+component is skipped until it returns. A batch call that raises is retried row by row. No torch.
 
 A reward that keeps state across steps implements all of ``StatefulReward`` (most simply by
 subclassing ``RewardModule``); one with only some of its methods is refused (``stateful_part``).
@@ -283,6 +282,8 @@ class CombinedReward:
             values, errors = self._run(name, comp, completions, columns)
             outs: list[RewardOutput | None] = []
             for i, value in enumerate(values):
+                if isinstance(value, Exception) and i not in errors:  # a row the reward could not score
+                    errors[i] = f"{type(value).__name__}: {value}"
                 try:
                     outs.append(None if i in errors else _normalise(value, n_tokens[i]))
                 except (TypeError, ValueError) as exc:

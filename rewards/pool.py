@@ -35,6 +35,7 @@ import multiprocessing.connection as mpc
 import os
 import pickle
 import queue
+import signal
 import sys
 import threading
 import time
@@ -48,6 +49,9 @@ from typing import Any, Callable
 
 def _worker_main(conn: mpc.Connection) -> None:
     """Worker loop: load a task, announce the start, run it, send the outcome back."""
+    # Ctrl-C in a terminal reaches the whole process group: the trainer stops its workers itself,
+    # and a worker that died of it would only add a traceback to the trainer's one-line message.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
         try:
             data = conn.recv_bytes()

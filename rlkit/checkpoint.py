@@ -55,7 +55,7 @@ from typing import Iterator
 import torch
 import yaml
 
-from rlkit.config import config_to_dict
+from rlkit.config import config_to_dict, redacted
 from rlkit.rng import rng_state, set_rng_state
 
 MARKER = "COMPLETE"
@@ -179,7 +179,7 @@ def save_checkpoint(run_dir: str | Path, step: int, backend, sampler, reward, cf
             meta = {"format": FORMAT, "step": step, "sampler": sampler.state_dict(), "time": time.time(),
                     "backend": cfg.backend.name, "world_size": backend.world_size}
             write_file(tmp / "trainer_state.json", json.dumps(meta, indent=2))
-            write_file(tmp / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+            write_file(tmp / "config.yaml", yaml.safe_dump(redacted(config_to_dict(cfg)), sort_keys=False))
         fsync_tree(tmp)  # what the backends wrote themselves (DeepSpeed's shards, critic/, reward_state/)
         backend.barrier()  # every rank's files are on disk before the marker says so
         if backend.is_main:
@@ -397,6 +397,6 @@ def config_changes(saved_yaml: Path, cfg) -> list[str]:
         return out
 
     old = flat(yaml.safe_load(saved_yaml.read_text()) or {})
-    new = flat(config_to_dict(cfg))
+    new = flat(redacted(config_to_dict(cfg)))  # secrets are saved redacted: compared (and shown) so
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
             if old.get(k) != new.get(k) and k not in IGNORED_CHANGES]

@@ -1,4 +1,5 @@
-"""Command line: ``rlkit train | eval | reward-check | serve | train-prm | label-arith-steps | prepare-model``."""
+"""Command line: ``rlkit train | eval | reward-check | plot | config show | serve | train-rm | train-prm |
+label-arith-steps | prepare-model``."""
 from __future__ import annotations
 
 import argparse
@@ -11,23 +12,50 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # The deepspeed launcher adds --local_rank=N in front of our arguments; LOCAL_RANK says the same.
     argv = [a for a in argv if not a.startswith("--local_rank")]
-    parser = argparse.ArgumentParser(prog="rlkit", description="RL fine-tuning of language models")
-    sub = parser.add_subparsers(dest="command", required=True)
-    tr = sub.add_parser("train", help="run RL training from a YAML config")
+    parser = argparse.ArgumentParser(prog="rlkit", description="RL fine-tuning of language models "
+                                     "(GRPO, PPO, DAPO, PRIME, ...) with vLLM rollouts and DeepSpeed training.",
+                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str, example: str):
+        return sub.add_parser(name, help=help, description=help, epilog=f"example:\n  {example}",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    tr = command("train", "run RL training from a YAML config",
+                 "rlkit train --config configs/grpo_arith.yaml train.steps=100 algo.advantage=rloo")
     tr.add_argument("--config", "-c", help="YAML config (see configs/)")
     tr.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=50 algo.advantage=rloo")
-    pm = sub.add_parser("prepare-model", help="convert the embedded default model into a local checkpoint")
+    cs = command("config", "print a config resolved: every key, its value, its comment, (default) where unchanged",
+                 "rlkit config show configs/grpo_arith.yaml rollout.num_samples=16")
+    cs.add_argument("action", choices=["show"])
+    cs.add_argument("config", nargs="?", help="YAML config (none: the defaults)")
+    cs.add_argument("overrides", nargs="*", help="dotted overrides")
+    cs.add_argument("--key", help="print only this key's value (e.g. train.output_dir)")
+    pl = command("plot", "draw the training curves of one or more runs into a PNG (runs overlaid)",
+                 "rlkit plot runs/grpo_arith runs/async_arith --output curves.png")
+    from rlkit.plot import add_arguments as add_plot_arguments
+
+    add_plot_arguments(pl)
+    rm = command("train-rm", "train an outcome reward model (sequence classification) on preference pairs",
+                 "rlkit train-rm --data pairs.jsonl --output runs/rm   # then rewards.rm:RewardModel path=runs/rm")
+    from rlkit.rm_training import add_arguments as add_rm_arguments
+
+    add_rm_arguments(rm)
+    pm = command("prepare-model", "convert the embedded default model into a local checkpoint",
+                 "rlkit prepare-model --output models/smollm2")
     pm.add_argument("--name", default="smollm2-135m-instruct")
     pm.add_argument("--output", default=None, help="target folder (default: the rlkit cache)")
-    sv = sub.add_parser("serve", help="start a vLLM server that training can push weights to "
-                                      "(rollout.backend=vllm_server); extra arguments go to vLLM's API server")
+    sv = command("serve", "start a vLLM server that training can push weights to "
+                 "(rollout.backend=vllm_server); extra arguments go to vLLM's API server",
+                 "rlkit serve /path/to/model --port 8000 --tensor-parallel-size 2")
     sv.add_argument("model", help="model folder or name (default: the embedded model)", nargs="?")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--dtype", default="auto")
     sv.add_argument("--gpu-memory-utilization", type=float, default=None)
     sv.add_argument("--max-model-len", type=int, default=2048)
-    tp = sub.add_parser("train-prm", help="train a token-classification process reward model on step-labelled JSONL")
+    tp = command("train-prm", "train a token-classification process reward model on step-labelled JSONL",
+                 "rlkit train-prm --data steps.jsonl --output runs/prm")
     tp.add_argument("--data", required=True, help='JSONL rows {"prompt", "steps": [...], "labels": [0/1, ...]}')
     tp.add_argument("--output", required=True, help="folder for the PRM (written atomically)")
     tp.add_argument("--model", default="embedded:smollm2-135m-instruct", help="causal-LM checkpoint to start from")
@@ -40,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     tp.add_argument("--device", default="cpu")
     from rlkit.rollout import local_backends
 
-    la = sub.add_parser("label-arith-steps", help="sample the policy on arithmetic word problems and label "
-                                                   "each step by checking its arithmetic (data for train-prm)")
+    la = command("label-arith-steps", "sample the policy on arithmetic word problems and label each step by "
+                 "checking its arithmetic (data for train-prm)", "rlkit label-arith-steps --output steps.jsonl")
     la.add_argument("--output", required=True)
     la.add_argument("--model", default="embedded:smollm2-135m-instruct")
     la.add_argument("--num-prompts", type=int, default=256)
@@ -61,6 +89,18 @@ def main(argv: list[str] | None = None) -> int:
     if extra and args.command != "serve":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
+    if args.command == "config":
+        from rlkit.config_show import main as config_show
+
+        return config_show(args)
+    if args.command == "plot":
+        from rlkit.plot import main as plot
+
+        return plot(args)
+    if args.command == "train-rm":
+        from rlkit.rm_training import main as train_rm
+
+        return train_rm(args)
     if args.command == "reward-check":
         from rlkit.reward_check import main as reward_check
 
@@ -124,11 +164,32 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, RewardError, CheckpointError) as exc:
         print(f"rlkit: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: the run closed its engines and workers on the way out
+        from rlkit.interrupts import interrupted_message
+
+        if os.environ.get("RANK", "0") == "0":
+            print(interrupted_message(cfg.train.output_dir, args.config, args.overrides), file=sys.stderr)
+        return _leave_distributed(130)
     if os.environ.get("RANK", "0") != "0":
         return _leave_distributed(0)
     minutes = (time.perf_counter() - started) / 60
+    if "preempted_at" in summary:  # SIGTERM: a checkpoint at a step boundary, exit 0
+        print(f"stopped by SIGTERM after step {summary['preempted_at']} ({minutes:.1f} min); resume with "
+              f"train.resume=auto in {cfg.train.output_dir}")
+        return _leave_distributed(0)
     print(f"done in {minutes:.1f} min; run folder {cfg.train.output_dir}" + heldout_summary(summary))
     return _leave_distributed(0)
+
+
+EXAMPLES = """examples:
+  rlkit train --config configs/grpo_arith.yaml                 # what `make train` runs
+  rlkit train --config configs/grpo_arith.yaml train.resume=auto
+  rlkit config show configs/grpo_sql.yaml                      # every key, value and comment
+  rlkit eval --model runs/grpo_arith --benchmark arith --limit 200
+  rlkit reward-check rewards.math:correctness --data train.jsonl
+  rlkit plot runs/grpo_arith
+
+`rlkit COMMAND --help` describes each command; docs: README.md."""
 
 
 def heldout_summary(summary: dict) -> str:

@@ -59,7 +59,9 @@ class DataConfig:
     num_eval: int = 200
     instruction: str = ""             # appended to every question (arith)
     system_prompt: str | None = None
-    chat_template: bool = True        # wrap the prompt in the tokenizer's chat template
+    system_prompt_column: str | None = None  # a column whose value is that row's system prompt
+    chat_template: bool | str = True  # True: the tokenizer's; False: raw text; a template file or text
+    eval_path: str | None = None      # held-out rows from this file instead of a slice of data.path
     max_prompt_tokens: int = 256
     truncation: str = "error"         # a prompt over max_prompt_tokens: error | left (drop its start) | right (its end)
 
@@ -71,14 +73,17 @@ class RolloutConfig:
     max_new_tokens: int = 48
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = -1                   # -1 (or 0): off
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    stop: list = field(default_factory=list)  # strings that end a completion
     gpu_memory_utilization: float = 0.2
     max_model_len: int = 512
     enforce_eager: bool = True
     dtype: str = "auto"               # vLLM weights dtype; auto = bfloat16 when the device supports it
     tensor_parallel_size: int = 1     # vLLM tensor parallelism over that many consecutive ranks (colocated)
     sleep: bool = False               # CUDA: the engine frees its GPU memory while the trainer trains
-    # generation ahead of training (rlkit/async_rollout.py): sync | one_step_off | async
-    mode: str = "sync"
+    mode: str = "sync"                # sync | one_step_off | async: generation ahead of training (async_rollout.py)
     max_staleness: int = 1            # async: rounds made ahead; older samples (policy versions) are dropped
     weight_update: str = "finish"     # with requests in flight: finish (on the old weights) | pause (vllm_server)
     # vllm_server: a server started with `rlkit serve` (rlkit/rollout/vllm_server.py); "auto": the
@@ -211,6 +216,9 @@ class AgentConfig:
 class LogConfig:
     progress: bool = True
     console_every: int = 1
+    report_to: list = field(default_factory=list)  # tensorboard | wandb | mlflow (rlkit/tracking.py)
+    project: str = "rlkit"            # the W&B project / MLflow experiment
+    run_name: str | None = None       # None: the run folder's name
 
 
 @dataclass(frozen=True)
@@ -319,7 +327,10 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, key, source)
+        for a in inner[:-1]:  # bool | str: the first plain member the value already is
+            if a in (bool, int, float, str) and isinstance(value, a) and not (a is int and isinstance(value, bool)):
+                return value
+        return _coerce(inner[-1], value, key, source)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             value = [value]
@@ -371,6 +382,9 @@ def check_config(cfg: Config) -> None:
     from rlkit.config_checks import check_rollout
 
     check_rollout(cfg, bad)
+    from rlkit.sampling_checks import check_sampling
+
+    check_sampling(cfg, bad)
     if cfg.backend.name not in TRAIN_BACKENDS:
         bad("backend.name", f"unknown training backend {cfg.backend.name!r}; choose {TRAIN_BACKENDS.choices()}")
     if cfg.backend.zero_stage not in (2, 3):
@@ -385,7 +399,9 @@ def check_config(cfg: Config) -> None:
         bad("rollout.num_samples", "must be >= 1")
     if cfg.rollout.max_new_tokens < 1 or cfg.eval.max_new_tokens < 1:
         bad("rollout.max_new_tokens", "rollout.max_new_tokens and eval.max_new_tokens must be >= 1")
-    _check_algo(cfg.algo)
+    from rlkit.config_checks import check_algo
+
+    check_algo(cfg.algo, bad)
     if cfg.train.prompts_per_step < 1 or cfg.train.micro_batch_size < 1:
         bad("train", "prompts_per_step and micro_batch_size must be >= 1")
     if cfg.algo.epochs < 1 or cfg.algo.mini_batches < 1:
@@ -404,12 +420,6 @@ def check_config(cfg: Config) -> None:
     batch = cfg.train.prompts_per_step * cfg.rollout.num_samples
     if batch % cfg.algo.mini_batches:
         bad("algo.mini_batches", f"must divide the rollout batch of {batch} sequences")
-    if cfg.data.task in ("jsonl", "toolcall", "spider") and not cfg.data.path:
-        bad("data.path", f"task {cfg.data.task!r} needs a data.path")
-    if cfg.data.task not in ("arith", "jsonl", "toolcall", "spider", "sql_demo"):
-        bad("data.task", f"unknown task {cfg.data.task!r}; choose arith, jsonl, toolcall, spider or sql_demo")
-    if cfg.data.task == "spider" and not cfg.data.tables:
-        bad("data.tables", "task spider needs data.tables (the tables.json of the schemas)")
     if cfg.eval.best_mode not in ("max", "min"):
         bad("eval.best_mode", "choose max or min")
     if cfg.eval.benchmarks:
@@ -437,12 +447,15 @@ def check_config(cfg: Config) -> None:
     if cfg.backend.name == "deepspeed" and cfg.backend.zero_stage == 3 and cfg.rollout.backend == "hf":
         bad("rollout.backend", "hf cannot generate from ZeRO-3 shards (ranks would wait on each other's "
             "generation steps); use rollout.backend=vllm or backend.zero_stage=2")
-    if cfg.data.truncation not in ("error", "left", "right"):
-        bad("data.truncation", f"choose error, left or right, got {cfg.data.truncation!r}")
-    if cfg.data.max_prompt_tokens < 1:
-        bad("data.max_prompt_tokens", "must be >= 1")
-    from rlkit.config_checks import check_agent, check_callables, check_launch
+    from rlkit.config_checks import check_agent, check_callables, check_data_keys, check_launch
 
+    from rlkit.data_checks import check_data
+
+    check_data_keys(cfg, bad)
+    check_data(cfg, bad)
+    from rlkit.tracking import check_report_to
+
+    check_report_to(cfg, bad)
     check_callables(cfg, bad)
     check_agent(cfg, bad)
     check_launch(cfg, bad, os.environ)
@@ -452,30 +465,6 @@ def overlong_tokens(algo: AlgoConfig, max_new_tokens: int) -> int:
     """``algo.overlong_buffer`` in tokens (a value below 1 is a share of ``max_new_tokens``)."""
     buffer = algo.overlong_buffer
     return round(buffer * max_new_tokens) if 0 < buffer < 1 else int(buffer)
-
-
-def _check_algo(algo: AlgoConfig) -> None:
-    """Registered names are checked here so a typo fails at load time, not mid-run."""
-    from rlkit.algorithms.advantages import ADVANTAGE_ESTIMATORS
-    from rlkit.algorithms.losses import AGGREGATION_MODES, KL_ESTIMATORS, POLICY_LOSSES
-
-    from rlkit.algorithms.losses import CORRECTION_MODES
-
-    for key, value, known in (("algo.advantage", algo.advantage, ADVANTAGE_ESTIMATORS),
-                              ("algo.loss", algo.loss, POLICY_LOSSES),
-                              ("algo.loss_agg", algo.loss_agg, AGGREGATION_MODES),
-                              ("algo.kl_estimator", algo.kl_estimator, KL_ESTIMATORS),
-                              ("algo.kl_mode", algo.kl_mode, ("loss", "reward")),
-                              ("algo.rollout_correction", algo.rollout_correction, CORRECTION_MODES)):
-        if ":" in value and key in ("algo.advantage", "algo.loss"):
-            continue  # a user's "module:function", imported when the run starts
-        if value not in known:
-            close = difflib.get_close_matches(value, list(known), n=1, cutoff=0.5)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{key}: unknown value {value!r}{hint} (known: {', '.join(sorted(known))})")
-    low, high = algo.rollout_mask_band
-    if algo.rollout_is_cap <= 0 or not 0 <= low < high:
-        raise ConfigError("algo.rollout_is_cap must be > 0 and algo.rollout_mask_band [low, high] with 0 <= low < high")
 
 
 def config_to_dict(cfg: Any) -> Any:
@@ -489,5 +478,22 @@ def config_to_dict(cfg: Any) -> Any:
     return cfg
 
 
+# Keys whose values are credentials (a judge's api_key, an hf_token, a password): never written or
+# printed.  Pass them through the environment instead (the judge reads ``api_key_env``).
+SECRET_KEY = re.compile(r"(^|[_-])(api[_-]?key|key|token|secret|password|passwd|credentials?)$", re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+def redacted(value: Any) -> Any:
+    """``value`` (a ``config_to_dict`` tree) with every secret-named key's value replaced."""
+    if isinstance(value, dict):
+        return {k: REDACTED if isinstance(k, str) and SECRET_KEY.search(k) and v not in (None, "")
+                else redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redacted(v) for v in value]
+    return value
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    """The resolved config as YAML, secrets redacted."""
+    Path(path).write_text(yaml.safe_dump(redacted(config_to_dict(cfg)), sort_keys=False))

@@ -119,6 +119,45 @@ def check_monitor(cfg: Any, error: Callable[[str, str], None], names: list[str])
               f"rewards.accuracy_component naming another component (now {accuracy!r})")
 
 
+def check_algo(algo: Any, error: Callable[[str, str], None]) -> None:
+    """Registered names are checked here so a typo fails at load time, not mid-run."""
+    import difflib
+
+    from rlkit.algorithms.advantages import ADVANTAGE_ESTIMATORS
+    from rlkit.algorithms.losses import AGGREGATION_MODES, CORRECTION_MODES, KL_ESTIMATORS, POLICY_LOSSES
+
+    for key, value, known in (("algo.advantage", algo.advantage, ADVANTAGE_ESTIMATORS),
+                              ("algo.loss", algo.loss, POLICY_LOSSES),
+                              ("algo.loss_agg", algo.loss_agg, AGGREGATION_MODES),
+                              ("algo.kl_estimator", algo.kl_estimator, KL_ESTIMATORS),
+                              ("algo.kl_mode", algo.kl_mode, ("loss", "reward")),
+                              ("algo.rollout_correction", algo.rollout_correction, CORRECTION_MODES)):
+        if ":" in value and key in ("algo.advantage", "algo.loss"):
+            continue  # a user's "module:function", imported when the run starts
+        if value not in known:
+            close = difflib.get_close_matches(value, list(known), n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            error(key, f"unknown value {value!r}{hint} (known: {', '.join(sorted(known))})")
+    low, high = algo.rollout_mask_band
+    if algo.rollout_is_cap <= 0 or not 0 <= low < high:
+        error("algo.rollout_is_cap", "must be > 0 and algo.rollout_mask_band [low, high] with 0 <= low < high")
+
+
+def check_data_keys(cfg: Any, error: Callable[[str, str], None]) -> None:
+    """``data``: the task, the files it needs, prompt truncation."""
+    data = cfg.data
+    if data.task in ("jsonl", "toolcall", "spider") and not data.path:
+        error("data.path", f"task {data.task!r} needs a data.path")
+    if data.task not in ("arith", "jsonl", "toolcall", "spider", "sql_demo"):
+        error("data.task", f"unknown task {data.task!r}; choose arith, jsonl, toolcall, spider or sql_demo")
+    if data.task == "spider" and not data.tables:
+        error("data.tables", "task spider needs data.tables (the tables.json of the schemas)")
+    if data.truncation not in ("error", "left", "right"):
+        error("data.truncation", f"choose error, left or right, got {data.truncation!r}")
+    if data.max_prompt_tokens < 1:
+        error("data.max_prompt_tokens", "must be >= 1")
+
+
 ROLLOUT_MODES = ("sync", "one_step_off", "async")   # rlkit/async_rollout.py
 WEIGHT_UPDATES = ("finish", "pause")
 

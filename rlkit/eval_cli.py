@@ -92,7 +92,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``eval`` subcommand to ``rlkit``'s subparsers (``args.command == "eval"``)."""
-    parser = subparsers.add_parser("eval", help=DESCRIPTION, description=DESCRIPTION)
+    parser = subparsers.add_parser("eval", help=DESCRIPTION, description=DESCRIPTION,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   epilog="example:\n  rlkit eval --model runs/grpo_arith --benchmark arith --limit 200")
     return add_eval_arguments(parser)
 
 

@@ -38,13 +38,17 @@ def _clean(value):
 
 class MetricsLogger:
     """Appends records to ``metrics.jsonl``. A fresh run moves an existing file aside
-    (``metrics.<mtime>.jsonl``); a resumed run (``append=True``) continues the file, and its
-    progress bar starts at ``start_step``."""
+    (``metrics.<mtime>.jsonl``); a resumed run (``append=True``) continues the file after the
+    ``resume`` row that rlkit/checkpoint.py logs (the rows it writes for later steps replace the ones
+    before it: ``rlkit.plot.read_metrics``), and its progress bar starts at ``start_step``.
+    ``sinks`` (rlkit/tracking.py: TensorBoard, W&B, MLflow) receive every record, the resolved
+    config and the evaluation tables."""
 
     def __init__(self, run_dir: str | Path, total_steps: int, progress: bool = True, console_every: int = 1,
-                 append: bool = False, start_step: int = 0):
+                 append: bool = False, start_step: int = 0, sinks: list | None = None):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.sinks = list(sinks or [])
         if self.path.exists() and not append:  # a previous run in the same folder: keep its metrics aside
             self.path.rename(self.path.with_name(f"metrics.{int(self.path.stat().st_mtime)}.jsonl"))
         self.console_every = max(1, console_every)
@@ -59,6 +63,8 @@ class MetricsLogger:
         record = {"step": step, "kind": kind, **{k: _clean(v) for k, v in metrics.items()}}
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
+        for sink in self.sinks:
+            sink.log(step, metrics, kind)
         if kind == "train" and self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix({k.split("/")[-1]: f"{metrics[k]:.3g}" for k in ("reward/mean", "accuracy")
@@ -72,9 +78,21 @@ class MetricsLogger:
         else:
             print(text, file=sys.stderr, flush=True)
 
+    def log_config(self, config: dict) -> None:
+        """The resolved config (secrets already redacted) for the sinks."""
+        for sink in self.sinks:
+            sink.log_config(config)
+
+    def log_table(self, name: str, rows: list[dict], step: int) -> None:
+        """An evaluation table (one dict per row) for the sinks."""
+        for sink in self.sinks:
+            sink.log_table(name, rows, step)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        for sink in self.sinks:
+            sink.close()
 
 
 def format_metrics(metrics: dict, kind: str) -> str:

@@ -50,7 +50,9 @@ class RolloutProducer:
         self.tokenizer, self.share, self.collectives = tokenizer, share, collectives
         self.token_rewards_read = token_rewards_read
         self.sampling = Sampling(n=cfg.rollout.num_samples, max_new_tokens=cfg.rollout.max_new_tokens,
-                                 temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p)
+                                 temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                                 top_k=cfg.rollout.top_k, min_p=cfg.rollout.min_p,
+                                 repetition_penalty=cfg.rollout.repetition_penalty, stop=tuple(cfg.rollout.stop))
         self.overlong = overlong_tokens(cfg.algo, cfg.rollout.max_new_tokens)
 
     def produce(self, timer, ahead=None) -> Produced:

@@ -25,14 +25,16 @@ from rlkit.async_rollout import AheadProducer, Serialized
 from rlkit.backends import make_backend
 from rlkit.backends.sharding import RankShare
 from rlkit.checkpoint import read_extra, resume, save_checkpoint, should_save, start_point
-from rlkit.config import Config, save_config
+from rlkit.config import Config, ConfigError, config_to_dict, redacted, save_config
 from rlkit.critic import critic_config
-from rlkit.data import PromptSampler, load_rows, tokenize_prompts
+from rlkit.data import PromptSampler, load_rows, tokenize_prompts, use_chat_template
 from rlkit.eval.heldout import heldout_records, summarize_heldout
 from rlkit.eval.runner import BestCheckpoint, evaluate_benchmarks
+from rlkit.interrupts import Preemption
 from rlkit.logging import MetricsLogger
 from rlkit.models import load_tokenizer
 from rlkit.monitors import Monitor
+from rlkit.tracking import make_sinks
 from rlkit.producer import RolloutProducer
 from rlkit.rollout import make_rollout
 from rlkit.reward_api import RewardContext
@@ -63,6 +65,7 @@ class Run:
     monitor: Monitor = field(default_factory=Monitor)  # monitor/... metrics; the previous step's answer
     ahead: AheadProducer | None = None   # rollout.mode one_step_off / async: the producer thread
     server: Any = None                   # rollout.server_url=auto: the server this run started
+    preemption: Preemption = field(default_factory=Preemption)  # SIGTERM: stop at a step boundary
 
     @classmethod
     def build(cls, cfg: Config) -> "Run":
@@ -81,6 +84,7 @@ class Run:
         random.seed(cfg.train.seed)
         torch.manual_seed(cfg.train.seed + backend.rank)  # hf sampling differs between ranks
         tokenizer = load_tokenizer(backend.model_path)
+        use_chat_template(tokenizer, cfg.data)  # data.chat_template: prompts, episodes, the export
         train_rows, eval_rows = load_rows(cfg.data, cfg.train.seed)
         if cfg.data.truncation == "error":  # a prompt over the limit fails now, not at the step that draws it
             tokenize_prompts(train_rows + eval_rows, tokenizer, cfg.data)
@@ -116,8 +120,15 @@ class Run:
         if cfg.rollout.mode != "sync":
             ahead = AheadProducer(producer.make_round, sampler, backend, cfg.train.prompts_per_step,
                                   capacity=cfg.rollout.max_staleness, max_staleness=cfg.rollout.max_staleness)
-        logger = MetricsLogger(run_dir, cfg.train.steps, cfg.log.progress, cfg.log.console_every,
-                               append=checkpoint is not None, start_step=start) if backend.is_main else None
+        logger = None
+        if backend.is_main:  # metrics.jsonl, the console and log.report_to's trackers (rlkit/tracking.py)
+            try:  # a tracker that cannot start (W&B without a login, a bad MLflow URI): exit code 2
+                sinks = make_sinks(cfg, run_dir, resume_step=start if checkpoint is not None else None)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
+            logger = MetricsLogger(run_dir, cfg.train.steps, cfg.log.progress, cfg.log.console_every,
+                                   append=checkpoint is not None, start_step=start, sinks=sinks)
+            logger.log_config(redacted(config_to_dict(cfg)))
         best = BestCheckpoint(cfg.eval.best_metric, cfg.eval.best_mode) if cfg.eval.best_metric else None
         return cls(cfg, backend, critic, critic_cfg, rollout, reward, reward_context, producer, sampler, estimator,
                    tokenizer, share, eval_rows, run_dir, checkpoint, start, logger, best,
@@ -126,7 +137,8 @@ class Run:
     def begin(self) -> None:
         """Load a checkpoint (weights, optimizer, data position, reward state, RNGs, pushed into the
         rollout engine; the monitors' previous answer), or push the trainer's weights into a server
-        that may hold others."""
+        that may hold others.  From here SIGTERM asks the loop to stop at the next step boundary."""
+        self.preemption.__enter__()
         if self.checkpoint:
             self.summary.update(resume(self.checkpoint, self.cfg, self.backend, self.sampler, self.reward,
                                        self.rollout, self.logger, self.critic))
@@ -167,13 +179,16 @@ class Run:
         cfg, backend, share = self.cfg, self.backend, self.share
         mine = [self.eval_rows[i] for i in share.generation_indices(len(self.eval_rows))]
         records = heldout_records(self.rollout, self.tokenizer, mine, self.reward, cfg.data, cfg.eval.max_new_tokens,
-                                  cfg.rewards.accuracy_component, runner=self.producer.runner)
+                                  cfg.rewards.accuracy_component, runner=self.producer.runner,
+                                  repetition_penalty=cfg.rollout.repetition_penalty, stop=tuple(cfg.rollout.stop))
         gathered = backend.all_gather_object(records if share.tp_rank == 0 else [])
         metrics: dict = {}
         if backend.is_main:
             records = [r for part in gathered for r in part]
             metrics = summarize_heldout(records)
             (self.run_dir / f"eval_step{step}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+            if self.logger is not None:
+                self.logger.log_table("eval", records, step)
             self.summary["eval_before" if step == 0 else "eval_after"] = metrics
         if cfg.eval.benchmarks:
             bench = evaluate_benchmarks(self.rollout, self.tokenizer, cfg.eval.benchmarks, step,
@@ -198,26 +213,41 @@ class Run:
         """Checkpoint and evaluate when the config says so."""
         cfg = self.cfg
         if should_save(cfg, step):
-            # Generating ahead, the data position saved is the first prompt not yet taken: the
-            # prompts in flight are drawn again after a resume (rlkit/async_rollout.py).
-            position = self.ahead if self.ahead is not None else self.sampler
-            in_flight = self.ahead.in_flight() if self.ahead is not None else []
-            save_checkpoint(self.run_dir, step, self.backend, position, self.reward, cfg,
-                            extra={"summary": self.summary, "monitor": self.monitor.state_dict(),
-                                   "in_flight": in_flight}, critic=self.critic)
+            self._save(step)
         if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
             self.evaluate(step)
 
-    def finish(self) -> None:
-        """The last evaluation, the exported policy (``final/``) and ``summary.json``."""
-        if self.cfg.eval.after:
+    def _save(self, step: int) -> None:
+        # Generating ahead, the data position saved is the first prompt not yet taken: the
+        # prompts in flight are drawn again after a resume (rlkit/async_rollout.py).
+        position = self.ahead if self.ahead is not None else self.sampler
+        in_flight = self.ahead.in_flight() if self.ahead is not None else []
+        save_checkpoint(self.run_dir, step, self.backend, position, self.reward, self.cfg,
+                        extra={"summary": self.summary, "monitor": self.monitor.state_dict(),
+                               "in_flight": in_flight}, critic=self.critic)
+
+    def finish(self, last: int) -> None:
+        """The last evaluation, the exported policy (``final/``) and ``summary.json``; a run stopped
+        by SIGTERM after step ``last`` < ``train.steps`` saves a checkpoint there instead (unless the
+        step saved one) and skips the final evaluation and export."""
+        cfg = self.cfg
+        self.summary.pop("preempted_at", None)  # carried over from a checkpoint of a preempted run
+        if last < cfg.train.steps:
+            if not should_save(cfg, last):
+                self._save(last)
+            self.summary["preempted_at"] = last
+            if self.logger is not None:
+                self.logger.message(f"rlkit: SIGTERM: stopped after step {last}; checkpoint "
+                                    f"{self.run_dir / 'checkpoints' / f'step_{last}'}; resume with train.resume=auto")
+        elif self.cfg.eval.after:
             self.evaluate(self.cfg.train.steps)
-        if self.cfg.train.save_final:
+        if self.cfg.train.save_final and last == cfg.train.steps:
             self.backend.save_pretrained(str(self.run_dir / "final"), self.tokenizer)
         if self.backend.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(self.summary, indent=2))
 
     def close(self) -> None:
+        self.preemption.__exit__()
         if self.ahead is not None:  # its generation in flight ends before the engine closes
             self.ahead.close(self.cfg.rollout.server_timeout_s)
         if self.logger is not None:

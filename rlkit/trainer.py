@@ -32,6 +32,7 @@ def train(cfg: Config) -> dict:
     """Run ``cfg.train.steps`` RL steps; returns the run summary (eval included).
 
     With ``train.resume`` the run continues after the checkpoint's step (rlkit/checkpoint.py).
+    SIGTERM ends it at the next step boundary with a checkpoint (``summary["preempted_at"]``).
     Under a data-parallel backend every rank runs this same loop on its share of the prompts
     (rlkit/backends/sharding.py); the main rank logs and writes the shared files.
     """
@@ -41,6 +42,7 @@ def train(cfg: Config) -> dict:
         run.begin()
         if cfg.eval.before and run.start == 0:
             run.evaluate(0)
+        last = run.start
         for step in range(run.start + 1, cfg.train.steps + 1):
             timer, started = PhaseTimer(), time.perf_counter()
             run.reward_context.step = step
@@ -60,7 +62,10 @@ def train(cfg: Config) -> dict:
             run.log(step, {**metrics, **timer.metrics()})
             run.record_draws(step, produced)
             run.after_step(step)
-        run.finish()
+            last = step
+            if run.preemption.agreed(run.backend):  # SIGTERM: stop at this step boundary (rlkit/interrupts.py)
+                break
+        run.finish(last)
     finally:
         run.close()
     return run.summary

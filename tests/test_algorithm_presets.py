@@ -136,7 +136,7 @@ def test_preset_advantages_by_hand(preset):
         assert got == pytest.approx(want, abs=1e-5), preset
 
 
-@pytest.mark.parametrize("top_p", [1.0, 0.8])
+@pytest.mark.parametrize("top_p", [pytest.param(1.0, marks=pytest.mark.slow), 0.8])
 def test_rollout_correction_and_kl_in_reward_with_vllm_logprobs(cli, tiny_model, top_p):
     """vLLM's log-probs of the sampled tokens against the trainer's at temperature 0.7, logged
     every step.  top_p 1: both score softmax(logits / 0.7) (float32 on both sides: the gap is

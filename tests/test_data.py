@@ -26,9 +26,9 @@ def test_jsonl_json_and_parquet_give_the_same_records(tmp_path):
 
 
 def test_unsupported_format_and_bad_json_name_the_file(tmp_path):
-    (tmp_path / "d.csv").write_text("prompt\nx\n")
-    with pytest.raises(DataError, match="d.csv"):
-        read_records(str(tmp_path / "d.csv"))
+    (tmp_path / "d.xml").write_text("prompt\nx\n")
+    with pytest.raises(DataError, match="d.xml"):
+        read_records(str(tmp_path / "d.xml"))
     (tmp_path / "bad.json").write_text("{\"prompt\": 1}")
     with pytest.raises(DataError, match="expected a JSON list"):
         read_records(str(tmp_path / "bad.json"))

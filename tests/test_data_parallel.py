@@ -74,7 +74,7 @@ def test_resume_on_another_number_of_ranks_is_refused(zero2_runs, tmp_path):
     assert "2 DeepSpeed ranks" in res.stderr and "step_4" in res.stderr
 
 
-@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+@pytest.mark.parametrize("lora", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["full", "lora"])
 def test_zero3_with_vllm_engines_per_rank(tiny_model, tmp_path, lora):
     """Each rank's vLLM engine gets the gathered ZeRO-3 weights (with LoRA: merged, changed layers
     only): its greedy held-out answers after training equal the exported model's under transformers."""

@@ -45,7 +45,7 @@ def single_result(tiny_model, tmp_path_factory):
     return _run([sys.executable, str(HELPER), "--model", tiny_model, "--single"], out)
 
 
-@pytest.mark.parametrize("advantage", ["reinforce_pp", "process_rloo"])
+@pytest.mark.parametrize("advantage", ["reinforce_pp", pytest.param("process_rloo", marks=pytest.mark.slow)])
 def test_batch_whitening_over_two_ranks_matches_one_process(advantage, tiny_model, tmp_path):
     """Each rank whitens its own rows with statistics summed over both ranks: the loss and the
     update equal one process whitening the whole batch."""
@@ -62,7 +62,8 @@ def test_batch_whitening_over_two_ranks_matches_one_process(advantage, tiny_mode
     assert result["checksum"] == pytest.approx(single["checksum"], rel=1e-6)
 
 
-@pytest.mark.parametrize("stage,extra", [(2, []), (3, []), (3, ["--idle-rank"]), (3, ["--gc"])],
+@pytest.mark.parametrize("stage,extra", [(2, []), (3, []), (3, ["--idle-rank"]),
+                                         pytest.param(3, ["--gc"], marks=pytest.mark.slow)],
                          ids=["zero2", "zero3", "zero3-idle-rank", "zero3-gradient-checkpointing"])
 def test_two_ranks_match_the_single_backend(stage, extra, tiny_model, single_result, tmp_path):
     """``--idle-rank``: rank 1 has no rows (all its prompts had zero advantages) and runs
@@ -99,7 +100,8 @@ KL_CASES = {  # id: (ZeRO stage, helper arguments); 2 steps, so that a policy-in
 }
 
 
-@pytest.mark.parametrize("case", list(KL_CASES))
+@pytest.mark.parametrize("case", [c if c.startswith("zero2") else pytest.param(c, marks=pytest.mark.slow)
+                                  for c in KL_CASES])  # ZeRO-3 cases: the slow suite
 def test_kl_reference_over_two_ranks_matches_one_process(case, tiny_model, reference_model, tmp_path):
     """``algo.kl_coef > 0`` under DeepSpeed: each rank's reference log-probs (a frozen copy under
     ZeRO-2, a partitioned inference engine under ZeRO-3, the adapters switched off with LoRA)

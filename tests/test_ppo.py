@@ -103,6 +103,7 @@ def test_ppo_resume_restores_the_critic_exactly(ppo_runs):
             assert b[step][key] == pytest.approx(a[step][key], abs=1e-6), (step, key)
 
 
+@pytest.mark.slow
 def test_ppo_on_two_zero3_ranks(tiny_model, tmp_path):
     pytest.importorskip("deepspeed")
     overrides = tiny_overrides(tiny_model, "vllm", train__steps=2, train__lr="3e-3", train__prompts_per_step=4,

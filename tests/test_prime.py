@@ -225,6 +225,7 @@ def test_prime_resume_restores_the_prm_exactly(prime_runs):
             assert b[step][key] == pytest.approx(a[step][key], abs=1e-6), (step, key)
 
 
+@pytest.mark.slow
 def test_prime_on_two_zero2_ranks(tiny_model, tmp_path):
     """The PRM gets a DeepSpeed engine of its own beside the policy's; its loss is normalised by
     the labelled rows of both ranks."""

@@ -231,3 +231,14 @@ def test_pool_isolates_errors():
         result = reward.score(["boom", "ok"])
     assert math.isnan(result.components["flaky"][0]) and result.components["flaky"][1] == 1.0
     assert result.failures[0].row == 0 and "ValueError" in result.failures[0].error
+
+
+def _one_row_unscorable(completions, **columns):
+    return [1.0, ValueError("row 1 could not be scored"), 0.5]
+
+
+def test_an_exception_returned_for_a_row_fails_that_row_only():
+    result = combine(a=(_one_row_unscorable, 2.0)).score(["x", "y", "z"])
+    assert [(f.component, f.row) for f in result.failures] == [("a", 1)]
+    assert "ValueError: row 1 could not be scored" in result.failures[0].error
+    assert result.scores[0] == 2.0 and result.scores[2] == 1.0 and math.isnan(result.components["a"][1])

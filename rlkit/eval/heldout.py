@@ -11,24 +11,29 @@ from rlkit.scoring import reward_columns, token_columns
 
 
 def evaluate_heldout(rollout, tokenizer, rows: list[dict], reward, data_cfg, max_new_tokens: int,
-                     accuracy_component: str | None, runner=None) -> tuple[dict[str, float], list[dict]]:
+                     accuracy_component: str | None, runner=None, repetition_penalty: float = 1.0,
+                     stop: tuple[str, ...] = ()) -> tuple[dict[str, float], list[dict]]:
     """(metrics, per-row predictions) of ``heldout_records`` and ``summarize_heldout``."""
     records = heldout_records(rollout, tokenizer, rows, reward, data_cfg, max_new_tokens, accuracy_component,
-                              runner=runner)
+                              runner=runner, repetition_penalty=repetition_penalty, stop=stop)
     return summarize_heldout(records), records
 
 
 def heldout_records(rollout, tokenizer, rows: list[dict], reward, data_cfg, max_new_tokens: int,
-                    accuracy_component: str | None, runner=None) -> list[dict]:
+                    accuracy_component: str | None, runner=None, repetition_penalty: float = 1.0,
+                    stop: tuple[str, ...] = ()) -> list[dict]:
     """One record per row: prompt, answer, greedy completion, ``correct`` (the value of
     ``accuracy_component``, 0 where it does not apply; None without an accuracy component), ``score``,
     ``tokens`` and the row's ``level`` when it has one.  Data-parallel ranks each run their share
     and the main rank summarises the records of all.  With ``runner`` (an EpisodeRunner) each
     row is a greedy multi-turn episode, and the records add ``turns``, ``tool_calls``,
-    ``tool_errors``, ``truncated`` and the ``transcript``."""
+    ``tool_errors``, ``truncated`` and the ``transcript``.  Decoding is greedy with the training's
+    ``rollout.repetition_penalty`` and ``rollout.stop`` (top-k, top-p and min-p change nothing
+    greedy), as verl validates."""
     if not rows:
         return []
-    sampling = Sampling(n=1, max_new_tokens=max_new_tokens, temperature=0.0)
+    sampling = Sampling(n=1, max_new_tokens=max_new_tokens, temperature=0.0,
+                        repetition_penalty=repetition_penalty, stop=tuple(stop))
     if runner is None:
         gens = rollout.generate(prompt_token_ids(rows, tokenizer, data_cfg), sampling)
         texts, ids, scored = [g.text for g in gens], [g.token_ids for g in gens], rows

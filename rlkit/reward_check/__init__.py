@@ -11,6 +11,8 @@ files. Exit codes: 0 done, 1 findings under ``--strict``, 2 bad input (one line 
 """
 from __future__ import annotations
 
+import argparse
+
 import functools
 import inspect
 import json
@@ -34,8 +36,9 @@ class CheckError(ValueError):
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("reward-check", help="test a reward on references, perturbed answers and degenerate "
-                                            "outputs before training on it")
+    about = "test a reward on references, perturbed answers and degenerate outputs before training on it"
+    p = sub.add_parser("reward-check", help=about, description=about, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="example:\n  rlkit reward-check rewards.math:correctness --data train.jsonl --strict")
     p.add_argument("reward", help='a rewards.functions entry: "module:function" or "module:Class"')
     p.add_argument("--data", required=True, help="data file (math JSONL/JSON, Spider questions, ToolRL/BFCL) "
                                                  "or sql_demo")

@@ -7,14 +7,24 @@ Heavy imports (vllm) happen inside the backend modules only: ``ROLLOUT_BACKENDS`
 name to the import path of its factory (``build(setup: RolloutSetup)`` in the backend's module),
 imported the first time the backend is built.
 
-Every backend reports each sampled token's log-prob under the distribution it was sampled
-from: ``softmax(logits / temperature)``, truncated to the top-p set and renormalised when
-``top_p < 1`` (``softmax(logits)`` for greedy decoding).  The trainer scores
-``softmax(logits / temperature)`` with the same ``rollout.temperature``
-(``rlkit.backends.at_sampling_temperature``), so the two agree up to rounding at ``top_p = 1``;
-with ``top_p < 1`` each engine log-prob is higher by minus the log of the kept probability mass
-(the trainer's is the untruncated policy, the engine's the distribution actually sampled), which
-``rollout/logp_gap_mean`` shows and ``algo.rollout_correction`` weights by.
+Every backend draws each token the way vLLM does, in vLLM's order (``vllm/v1/sample/sampler.py``):
+the repetition penalty on the logits (a logit of a token already in the prompt or in the
+completion so far is divided by the penalty when positive, multiplied when negative), then for
+greedy decoding the most likely token; otherwise the logits divided by the temperature, then
+min-p (drop tokens under ``min_p`` times the most likely token's probability), top-k, top-p
+(each renormalising over what it keeps), then a draw.  Each sampled token's log-prob is
+reported under that same processed distribution (vLLM's ``processed_logprobs``; transformers'
+``output_scores`` after rlkit's processors, rlkit/rollout/hf.py): the distribution the token
+was actually sampled from.
+
+The trainer scores ``softmax(logits / temperature)`` (``softmax(logits)`` for greedy) with the
+same ``rollout.temperature`` (``rlkit.backends.at_sampling_temperature``): no truncation and no
+penalty.  With the defaults (``top_p = 1``, ``top_k`` off, ``min_p = 0``,
+``repetition_penalty = 1``) the two agree up to rounding.  Otherwise they differ by design:
+truncation (top-p, top-k, min-p) makes each engine log-prob higher by minus the log of the
+kept probability mass, and the repetition penalty moves mass between tokens (either sign).
+The engine's numbers are the true behaviour policy; ``rollout/logp_gap_mean`` shows the gap
+and ``algo.rollout_correction`` weights the loss by it.
 """
 from __future__ import annotations
 
@@ -25,16 +35,55 @@ import torch
 
 from rlkit.lazy_registry import LazyRegistry
 
-LOGPROBS_MODE = "processed_logprobs"  # vLLM: log-probs after temperature and top-p (engine and `rlkit serve`)
+# vLLM (engine and `rlkit serve`): log-probs after the penalty, temperature, min-p, top-k and top-p
+LOGPROBS_MODE = "processed_logprobs"
 
 
 @dataclass(frozen=True)
 class Sampling:
+    """How completions are drawn (applied as the module docstring says, by every backend).
+
+    A completion that ends on a ``stop`` string keeps it, with the whole token that completed
+    it: the tokens trained on are the tokens sampled, and a reward can read the closing tag."""
+
     n: int = 1                  # completions per prompt
     max_new_tokens: int = 48
     temperature: float = 1.0    # 0 = greedy
     top_p: float = 1.0
-    stop: tuple[str, ...] = ()  # strings that end a completion (kept in it): a tool-call end tag
+    top_k: int = -1             # keep the k most likely tokens; -1 or 0: off
+    min_p: float = 0.0          # drop tokens under min_p x the most likely token's probability; 0: off
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the prompt or completion; 1: off
+    stop: tuple[str, ...] = ()  # strings that end a completion (kept in it): "</answer>", a tool-call end tag
+
+    def __post_init__(self) -> None:
+        from rlkit.sampling_checks import sampling_problems
+
+        problems = sampling_problems(self.top_k, self.min_p, self.repetition_penalty, self.stop)
+        if problems:
+            raise ValueError("; ".join(f"Sampling.{option}: {message}" for option, message in problems))
+
+
+def vllm_sampling_args(sampling: Sampling) -> dict[str, Any]:
+    """The options as vLLM's ``SamplingParams`` fields, which are also the names of the
+    ``/v1/completions`` body: both vLLM backends send exactly these.  Every option is explicit,
+    so a server never falls back to the defaults in the model's ``generation_config.json``
+    (a Qwen checkpoint's ``repetition_penalty: 1.05``, ``top_k: 20``, ...).  Greedy requests
+    turn the truncations off, as vLLM itself does."""
+    greedy = sampling.temperature <= 0
+    return {
+        "n": sampling.n,
+        "max_tokens": sampling.max_new_tokens,
+        "temperature": max(sampling.temperature, 0.0),
+        "top_p": 1.0 if greedy else sampling.top_p,
+        "top_k": 0 if greedy else max(sampling.top_k, 0),  # vLLM: 0 = off
+        "min_p": 0.0 if greedy else float(sampling.min_p),
+        "repetition_penalty": float(sampling.repetition_penalty),
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "logprobs": 0,  # the log-prob of each sampled token, under the sampling distribution
+        "stop": list(sampling.stop),
+        "include_stop_str_in_output": True,
+    }
 
 
 @dataclass

@@ -1,10 +1,22 @@
-"""Rollouts with transformers' ``generate`` on the trainer's own model (no weight sync needed)."""
+"""Rollouts with transformers' ``generate`` on the trainer's own model (no weight sync needed).
+
+The sampling options go through rlkit's own logits-processor list, in vLLM's order (penalty,
+temperature, min-p, top-k, top-p: rlkit/rollout/__init__.py), not through ``generate``'s
+keywords: transformers applies min-p after top-p (a different distribution whenever both are
+set), its repetition penalty counts the left padding of a batch as prompt tokens, and it fills
+any option left unset from the model's ``generation_config.json``, which vLLM never reads.
+Every built-in processor is therefore switched off (``_NEUTRAL``, ``_NEUTRAL_WARPERS``), and
+``output_scores`` are the logits after rlkit's processors: their log-softmax is the log-prob
+under the distribution each token was drawn from.
+"""
 from __future__ import annotations
 
 from typing import Iterable
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers.generation.logits_process import (MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper,
+                                                    TopPLogitsWarper)
 
 from rlkit.rollout import Generation, RolloutSetup, Sampling
 
@@ -27,6 +39,49 @@ class _StopStrings(StoppingCriteria):
         texts = self.tokenizer.batch_decode(new[:, -self.window:].tolist(), skip_special_tokens=True)
         return torch.tensor([any(s in t for s in self.stops) for t in texts], dtype=torch.bool,
                             device=input_ids.device)
+
+
+class _RepetitionPenalty(LogitsProcessor):
+    """vLLM's repetition penalty: the logit of every token id present in the row's prompt or in
+    its completion so far is divided by ``penalty`` when positive and multiplied by it otherwise.
+    ``starts[r]`` is where row ``r``'s prompt begins after the left padding, which is not part
+    of the prompt (transformers' own processor would penalise the pad token)."""
+
+    def __init__(self, penalty: float, starts: torch.Tensor):
+        self.penalty, self.starts = penalty, starts
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        real = (positions[None, :] >= self.starts.to(input_ids.device)[:, None]).to(scores.dtype)
+        seen = torch.zeros_like(scores).scatter_add_(1, input_ids, real) > 0
+        scale = torch.where(scores > 0, 1.0 / self.penalty, self.penalty)
+        return torch.where(seen, scores * scale, scores)
+
+
+# generate's own processors, all off; without these a model's generation_config.json (top_k: 20,
+# repetition_penalty: 1.05, ...) would act on hf rollouts only.  The warpers act only when sampling
+# (naming them for greedy decoding makes transformers warn).
+_NEUTRAL = dict(repetition_penalty=1.0, no_repeat_ngram_size=0)
+_NEUTRAL_WARPERS = dict(temperature=1.0, top_k=0, top_p=1.0, min_p=None, typical_p=1.0, epsilon_cutoff=0.0,
+                        eta_cutoff=0.0)
+
+
+def logits_processors(sampling: Sampling, starts: torch.Tensor) -> LogitsProcessorList:
+    """The processors for ``sampling`` in vLLM's order (only the penalty for greedy decoding)."""
+    out = LogitsProcessorList()
+    if sampling.repetition_penalty != 1.0:
+        out.append(_RepetitionPenalty(float(sampling.repetition_penalty), starts))
+    if sampling.temperature <= 0:
+        return out
+    if sampling.temperature != 1.0:
+        out.append(TemperatureLogitsWarper(float(sampling.temperature)))
+    if sampling.min_p > 0:
+        out.append(MinPLogitsWarper(float(sampling.min_p)))
+    if sampling.top_k > 0:
+        out.append(TopKLogitsWarper(int(sampling.top_k)))
+    if sampling.top_p < 1.0:
+        out.append(TopPLogitsWarper(float(sampling.top_p)))
+    return out
 
 
 class HFRollout:
@@ -54,9 +109,10 @@ class HFRollout:
         for r, (_, p) in enumerate(rows):  # left-pad for generation
             ids[r, width - len(p):] = torch.tensor(p)
             attn[r, width - len(p):] = 1
-        greedy = sampling.temperature <= 0
-        kwargs = dict(do_sample=False) if greedy else dict(
-            do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+        starts = torch.tensor([width - len(p) for _, p in rows])
+        sample = sampling.temperature > 0
+        kwargs = dict(_NEUTRAL, **(_NEUTRAL_WARPERS if sample else {}), do_sample=sample,
+                      logits_processor=logits_processors(sampling, starts))
         if sampling.stop:
             kwargs["stopping_criteria"] = StoppingCriteriaList([_StopStrings(self.tokenizer, sampling.stop, width)])
         was_training = self.model.training
@@ -69,8 +125,7 @@ class HFRollout:
         self.model.train(was_training)
         new_tokens = result.sequences[:, width:].cpu()
         # Log-probs of the sampled tokens under the sampling distribution: generate's scores are
-        # processed (logits / temperature, top-p tokens kept, the rest -inf), like vLLM's
-        # processed_logprobs; greedy scores are the raw logits.
+        # the logits after the processors (removed tokens -inf), like vLLM's processed_logprobs.
         scores = torch.stack(result.scores, dim=1).float().log_softmax(-1).cpu()  # [N, L, V]
         token_lp = scores.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
         eos = set(self._eos_ids())

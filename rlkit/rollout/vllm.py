@@ -6,11 +6,12 @@ worker, which loads checkpoint-format names through the model's own ``load_weigh
 On CPU, vLLM reads ``gpu_memory_utilization`` as a share of host memory for its KV cache.
 
 Log-probs: the engine runs with ``logprobs_mode="processed_logprobs"``, so each sampled token's
-log-prob is taken from the distribution it was drawn from (logits / temperature, then top-p
-truncated and renormalised), the one the trainer scores (``rlkit.backends.at_sampling_temperature``);
-vLLM's default, ``raw_logprobs``, would report ``softmax(logits)`` whatever the temperature.
-Greedy requests report ``softmax(logits)``.  On CUDA with ``top_p < 1`` this mode makes vLLM
-sample top-p in PyTorch instead of with FlashInfer's kernel (which cannot return the log-probs).
+log-prob is taken from the distribution it was drawn from (repetition penalty, logits /
+temperature, then min-p, top-k and top-p truncated and renormalised: rlkit/rollout/__init__.py);
+vLLM's default, ``raw_logprobs``, would report ``softmax(logits)`` whatever the options.
+Greedy requests report ``softmax(logits)`` after the penalty.  On CUDA this mode makes vLLM
+sample top-k / top-p in PyTorch instead of with FlashInfer's kernel (which cannot return the
+log-probs).  The options are ``vllm_sampling_args``, the same fields ``vllm_server`` sends.
 
 Under a launcher (``world_size > 1``) every rank builds its engine with vLLM's
 ``external_launcher`` executor: the engine joins the launcher's process group instead of
@@ -26,7 +27,7 @@ from typing import Iterable
 
 import torch
 
-from rlkit.rollout import LOGPROBS_MODE, Generation, RolloutSetup, Sampling, engine_dtype
+from rlkit.rollout import LOGPROBS_MODE, Generation, RolloutSetup, Sampling, engine_dtype, vllm_sampling_args
 
 
 class VLLMRollout:
@@ -74,15 +75,7 @@ class VLLMRollout:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = SamplingParams(
-            n=sampling.n,
-            temperature=max(sampling.temperature, 0.0),
-            top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
-            max_tokens=sampling.max_new_tokens,
-            logprobs=0,  # the log-prob of each sampled token, under the sampling distribution
-            stop=list(sampling.stop) or None,
-            include_stop_str_in_output=True,
-        )
+        params = SamplingParams(**vllm_sampling_args(sampling))
         prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         gens: list[Generation] = []

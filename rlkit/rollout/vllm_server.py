@@ -1,7 +1,8 @@
 """Server-mode rollouts: vLLM runs as its own process (``rlkit serve``) on its own devices.
 
 Generation goes through the server's OpenAI-compatible ``/v1/completions`` route with token
-ids in and out (``return_token_ids``) and the sampled tokens' log-probs.  After each optimizer
+ids in and out (``return_token_ids``) and the sampled tokens' log-probs, with the same sampling
+fields as the colocated engine (``vllm_sampling_args``).  After each optimizer
 step the trainer pushes its weights with vLLM's weight-transfer API: the ``nccl`` backend on
 CUDA, ``rlkit_gloo`` (rlkit/rollout/weight_transfer.py) on CPU, chosen by
 ``rollout.weight_transfer`` and by the ``--weight-transfer-config`` the server was started
@@ -20,7 +21,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from rlkit.rollout import LOGPROBS_MODE, Generation, RolloutSetup, Sampling, engine_dtype
+from rlkit.rollout import LOGPROBS_MODE, Generation, RolloutSetup, Sampling, engine_dtype, vllm_sampling_args
 
 
 class RolloutServerError(RuntimeError):
@@ -106,17 +107,10 @@ class VLLMServerRollout:
     def generate(self, prompt_ids: list[list[int]], sampling: Sampling) -> list[Generation]:
         if not prompt_ids:
             return []
-        body = {
-            "model": self.model_name,
-            "prompt": [list(p) for p in prompt_ids],
-            "n": sampling.n,
-            "max_tokens": sampling.max_new_tokens,
-            "temperature": max(sampling.temperature, 0.0),
-            "top_p": sampling.top_p if sampling.temperature > 0 else 1.0,
-            "logprobs": 0,
-            "return_token_ids": True,
-            **({"stop": list(sampling.stop), "include_stop_str_in_output": True} if sampling.stop else {}),
-        }
+        # every option explicit (vllm_sampling_args): the server would fill a missing one from the
+        # model's generation_config.json, which the other backends never read
+        body = {"model": self.model_name, "prompt": [list(p) for p in prompt_ids], "return_token_ids": True,
+                **vllm_sampling_args(sampling)}
         choices = self.client.post("v1/completions", body)["choices"]
         if len(choices) != len(prompt_ids) * sampling.n:
             raise RolloutServerError(f"vLLM server at {self.client.url} returned {len(choices)} completions "
@@ -248,8 +242,8 @@ def serve_command(model: str, host: str = "127.0.0.1", port: int = 8000, dtype: 
     backend is NCCL where CUDA is present, rlkit's gloo backend elsewhere (registered in the
     server through the ``vllm.general_plugins`` entry point of rlkit's pyproject.toml).
     ``--logprobs-mode processed_logprobs``: the server reports log-probs of the distribution it
-    samples from (after temperature and top-p), which the trainer's log-probs are compared with
-    (rlkit/rollout/__init__.py); ``extra`` may not override it.
+    samples from (after the penalty, temperature, min-p, top-k and top-p), which the trainer's
+    log-probs are compared with (rlkit/rollout/__init__.py); ``extra`` may not override it.
     """
     import json
     import os
