@@ -183,18 +183,20 @@ class AheadProducer:
         with self._cond:
             self.version += 1
 
+    def _pending(self) -> list[Round]:
+        """Rounds drawn but not taken, oldest first (ready ones, then the one being made); under ``_cond``."""
+        return list(self._ready) + ([self._making] if self._making is not None else [])
+
     def state_dict(self) -> dict:
         """The sampler's state before the oldest round not yet taken (the resume point)."""
         with self._cond:
-            pending = ([self._making] if self._making is not None else []) + list(self._ready)
-            oldest = min(pending, key=lambda r: r.draw_ids[0] if r.draw_ids else 0, default=None)
-            return dict(oldest.sampler_state) if oldest is not None else self.sampler.state_dict()
+            pending = self._pending()
+            return dict(pending[0].sampler_state) if pending else self.sampler.state_dict()
 
     def in_flight(self) -> list[int]:
         """Draw indices drawn but not taken (the ledger's in-flight prompts at a checkpoint)."""
         with self._cond:
-            pending = ([self._making] if self._making is not None else []) + list(self._ready)
-            return sorted(i for r in pending for i in r.draw_ids)
+            return [i for r in self._pending() for i in r.draw_ids]
 
     def close(self, timeout_s: float) -> None:
         """Stop drawing; wait for a generation in flight to end (it is discarded)."""

@@ -447,11 +447,10 @@ def check_config(cfg: Config) -> None:
     if cfg.backend.name == "deepspeed" and cfg.backend.zero_stage == 3 and cfg.rollout.backend == "hf":
         bad("rollout.backend", "hf cannot generate from ZeRO-3 shards (ranks would wait on each other's "
             "generation steps); use rollout.backend=vllm or backend.zero_stage=2")
-    from rlkit.config_checks import check_agent, check_callables, check_data_keys, check_launch
+    from rlkit.config_checks import check_agent, check_callables, check_launch
 
     from rlkit.data_checks import check_data
 
-    check_data_keys(cfg, bad)
     check_data(cfg, bad)
     from rlkit.tracking import check_report_to
 

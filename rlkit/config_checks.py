@@ -143,21 +143,6 @@ def check_algo(algo: Any, error: Callable[[str, str], None]) -> None:
         error("algo.rollout_is_cap", "must be > 0 and algo.rollout_mask_band [low, high] with 0 <= low < high")
 
 
-def check_data_keys(cfg: Any, error: Callable[[str, str], None]) -> None:
-    """``data``: the task, the files it needs, prompt truncation."""
-    data = cfg.data
-    if data.task in ("jsonl", "toolcall", "spider") and not data.path:
-        error("data.path", f"task {data.task!r} needs a data.path")
-    if data.task not in ("arith", "jsonl", "toolcall", "spider", "sql_demo"):
-        error("data.task", f"unknown task {data.task!r}; choose arith, jsonl, toolcall, spider or sql_demo")
-    if data.task == "spider" and not data.tables:
-        error("data.tables", "task spider needs data.tables (the tables.json of the schemas)")
-    if data.truncation not in ("error", "left", "right"):
-        error("data.truncation", f"choose error, left or right, got {data.truncation!r}")
-    if data.max_prompt_tokens < 1:
-        error("data.max_prompt_tokens", "must be >= 1")
-
-
 ROLLOUT_MODES = ("sync", "one_step_off", "async")   # rlkit/async_rollout.py
 WEIGHT_UPDATES = ("finish", "pause")
 

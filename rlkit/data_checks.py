@@ -1,6 +1,6 @@
-"""Load-time checks of the data options ``data.eval_path``, ``data.chat_template`` and
-``data.system_prompt_column``: rlkit/config.py's ``check_config`` calls ``check_data`` so that a
-setting which cannot apply fails before a model is loaded, naming its key."""
+"""Load-time checks of the ``data`` settings (the task and its files, truncation, ``data.eval_path``,
+``data.chat_template``, ``data.system_prompt_column``): rlkit/config.py's ``check_config`` calls
+``check_data`` so that a setting which cannot apply fails before a model is loaded, naming its key."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,8 +13,19 @@ FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")  # local data files (a h
 
 
 def check_data(cfg: Any, error: Callable[[str, str], None]) -> None:
-    """``error(key, message)`` (which raises) for a data option that cannot apply to ``cfg``."""
+    """``error(key, message)`` (which raises) for a data setting that cannot apply to ``cfg``: the
+    task and the files it needs, prompt truncation, and the options below."""
     data = cfg.data
+    if data.task in ("jsonl", "toolcall", "spider") and not data.path:
+        error("data.path", f"task {data.task!r} needs a data.path")
+    if data.task not in ("arith", "jsonl", "toolcall", "spider", "sql_demo"):
+        error("data.task", f"unknown task {data.task!r}; choose arith, jsonl, toolcall, spider or sql_demo")
+    if data.task == "spider" and not data.tables:
+        error("data.tables", "task spider needs data.tables (the tables.json of the schemas)")
+    if data.truncation not in ("error", "left", "right"):
+        error("data.truncation", f"choose error, left or right, got {data.truncation!r}")
+    if data.max_prompt_tokens < 1:
+        error("data.max_prompt_tokens", "must be >= 1")
     if data.eval_path is not None:
         if data.task not in EVAL_PATH_TASKS:
             error("data.eval_path", f"task {data.task!r} makes its own held-out rows; a held-out file works "

@@ -28,15 +28,21 @@ class Preemption:
     def _handler(self, signum, frame) -> None:
         self.requested = True
 
-    def __enter__(self) -> "Preemption":
+    def install(self) -> "Preemption":
         if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
             self._previous = signal.signal(signal.SIGTERM, self._handler)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def restore(self) -> None:
+        """The SIGTERM handler from before ``install``."""
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
             self._previous = None
+
+    __enter__ = install
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
 
     def agreed(self, collectives) -> bool:
         """Whether any rank was asked to stop (one small collective per step)."""

@@ -138,7 +138,7 @@ class Run:
         """Load a checkpoint (weights, optimizer, data position, reward state, RNGs, pushed into the
         rollout engine; the monitors' previous answer), or push the trainer's weights into a server
         that may hold others.  From here SIGTERM asks the loop to stop at the next step boundary."""
-        self.preemption.__enter__()
+        self.preemption.install()
         if self.checkpoint:
             self.summary.update(resume(self.checkpoint, self.cfg, self.backend, self.sampler, self.reward,
                                        self.rollout, self.logger, self.critic))
@@ -247,7 +247,7 @@ class Run:
             (self.run_dir / "summary.json").write_text(json.dumps(self.summary, indent=2))
 
     def close(self) -> None:
-        self.preemption.__exit__()
+        self.preemption.restore()
         if self.ahead is not None:  # its generation in flight ends before the engine closes
             self.ahead.close(self.cfg.rollout.server_timeout_s)
         if self.logger is not None:

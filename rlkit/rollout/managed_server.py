@@ -14,21 +14,14 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
-from rlkit.rollout.vllm_server import RolloutServerError, serve_command
+from rlkit.rollout.vllm_server import RolloutServerError, _free_port, serve_command
 
 _PR_SET_PDEATHSIG = 1
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _child_setup(cpus: list[int]):
