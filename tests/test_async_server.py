@@ -1,5 +1,5 @@
 """Asynchronous rollouts through a vLLM server the run starts itself (``rollout.server_url=auto``,
-``rollout.weight_update=pause``): a trainer killed with SIGKILL mid-run takes its server with it
+``rollout.weight_update=pause``, pinned by ``rollout.server_cpus``): a trainer killed with SIGKILL mid-run takes its server with it
 (no orphaned processes), and the run resumed from its last checkpoint neither loses nor repeats a
 prompt (the ledger).  Slow: the server takes a while to start on a CPU."""
 from __future__ import annotations
@@ -46,12 +46,18 @@ def _group(pgid: int) -> list[int]:
     return pids
 
 
+def _cpus(pid: int) -> str:
+    """The CPUs process ``pid`` may run on, as /proc writes them ("0", "1-3")."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(line.split(":")[1].strip() for line in f if line.startswith("Cpus_allowed_list"))
+
+
 def _command(tiny_model, run_dir, *extra):
     overrides = tiny_overrides(tiny_model, "vllm_server", rollout__server_url="auto", rollout__mode="async",
                                rollout__max_staleness="2", rollout__weight_update="pause",
                                rollout__gpu_memory_utilization="0.05", algo__rollout_correction="token_tis",
                                train__prompts_per_step=str(PROMPTS), train__steps=str(STEPS),
-                               train__save_every="3", train__keep_checkpoints="0")
+                               train__save_every="3", train__keep_checkpoints="0", rollout__server_cpus="[0]")
     return [sys.executable, "-m", "rlkit.cli", "train", *overrides,
             "rewards.functions=[{fn: 'rlkit.testing_rewards:CountingReward', name: digits}]",
             "rewards.accuracy_component=digits", "eval.every=0", "eval.before=false", "log.progress=false",
@@ -64,21 +70,28 @@ def test_sigkill_mid_run_leaves_no_server_and_the_resumed_run_consumes_every_pro
     with open(out, "w") as f:
         trainer = subprocess.Popen(_command(tiny_model, run_dir), cwd=REPO_ROOT, env=subprocess_env(),
                                    stdout=f, stderr=subprocess.STDOUT)
-    ledger = run_dir / "ledger.jsonl"
-    deadline = time.time() + 300
-    while not (ledger.exists() and len(ledger.read_text().splitlines()) >= 7):  # past the step-6 checkpoint
-        assert trainer.poll() is None, out.read_text()[-3000:]
-        assert time.time() < deadline, "the run made no progress in 300 s:\n" + out.read_text()[-3000:]
-        time.sleep(0.05)
-    trainer.send_signal(signal.SIGKILL)
-    trainer.wait(30)
-    assert trainer.returncode == -signal.SIGKILL
-    server_pid = int(re.search(r"started a vLLM server for the run \(pid (\d+)\)", out.read_text()).group(1))
-    deadline = time.time() + 60  # the parent-death signal stops the server and its engine
-    while _group(server_pid) and time.time() < deadline:
-        time.sleep(0.5)
-    assert not _group(server_pid), f"orphaned server processes: {_group(server_pid)}"
-
+    try:  # a failed check must not leave the trainer (and its server) running
+        ledger = run_dir / "ledger.jsonl"
+        deadline = time.time() + 300
+        while not (ledger.exists() and len(ledger.read_text().splitlines()) >= 7):  # past the step-6 checkpoint
+            assert trainer.poll() is None, out.read_text()[-3000:]
+            assert time.time() < deadline, "the run made no progress in 300 s:\n" + out.read_text()[-3000:]
+            time.sleep(0.05)
+        server_pid = int(re.search(r"started a vLLM server for the run \(pid (\d+)\)", out.read_text()).group(1))
+        # rollout.server_cpus=[0]: the server (and its engine process) on CPU 0, the trainer on the others
+        assert {_cpus(pid) for pid in _group(server_pid)} == {"0"}
+        assert "0" not in _cpus(trainer.pid).replace("-", ",").split(",")
+        trainer.send_signal(signal.SIGKILL)
+        trainer.wait(30)
+        assert trainer.returncode == -signal.SIGKILL
+        deadline = time.time() + 60  # the parent-death signal stops the server and its engine
+        while _group(server_pid) and time.time() < deadline:
+            time.sleep(0.5)
+        assert not _group(server_pid), f"orphaned server processes: {_group(server_pid)}"
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+            trainer.wait(30)
     killed_at = max(json.loads(line)["step"] for line in ledger.read_text().splitlines())
     assert killed_at < STEPS
     resumed = subprocess.run(_command(tiny_model, run_dir, "train.resume=auto"), cwd=REPO_ROOT,
