@@ -88,6 +88,26 @@ def run_deepspeed_cli(overrides: list[str], run_dir: str | Path, ranks: int = 2,
     return CLIResult(proc.returncode, proc.stdout, proc.stderr, Path(run_dir))
 
 
+def process_group(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``, read from /proc."""
+    pids = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            pids.append(int(entry))
+    return pids
+
+
+def child_pids(pid: int) -> list[int]:
+    """The child processes of ``pid`` (its main thread's, from /proc)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(child) for child in f.read().split()]
+
+
 def tiny_overrides(model_dir: str, backend: str = "hf", **extra) -> list[str]:
     """Overrides for a fast run on the tiny model; ``extra`` keys use ``__`` for dots."""
     base = {

@@ -5,7 +5,6 @@ prompt (the ledger).  Slow: the server takes a while to start on a CPU."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -14,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import REPO_ROOT, subprocess_env, tiny_overrides
+from conftest import REPO_ROOT, child_pids, process_group, subprocess_env, tiny_overrides
 from test_async_rollout import _ledger
 
 pytest.importorskip("vllm")
@@ -29,21 +28,6 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except OSError:
         return False
-
-
-def _group(pgid: int) -> list[int]:
-    """Live processes of process group ``pgid`` (the server and its engine process)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                pids.append(int(entry))
-    return pids
 
 
 def _cpus(pid: int) -> str:
@@ -77,17 +61,20 @@ def test_sigkill_mid_run_leaves_no_server_and_the_resumed_run_consumes_every_pro
             assert trainer.poll() is None, out.read_text()[-3000:]
             assert time.time() < deadline, "the run made no progress in 300 s:\n" + out.read_text()[-3000:]
             time.sleep(0.05)
-        server_pid = int(re.search(r"started a vLLM server for the run \(pid (\d+)\)", out.read_text()).group(1))
-        # rollout.server_cpus=[0]: the server (and its engine process) on CPU 0, the trainer on the others
-        assert {_cpus(pid) for pid in _group(server_pid)} == {"0"}
+        guard_pid = int(re.search(r"started a vLLM server for the run \(guard pid (\d+)\)", out.read_text()).group(1))
+        [server_pid] = child_pids(guard_pid)  # the server runs in a process group of its own under the guard
+        assert process_group(server_pid)  # the server and its engine process
+        # rollout.server_cpus=[0]: the guard, the server and its engine process on CPU 0, the trainer on the others
+        assert {_cpus(pid) for pid in [guard_pid, *process_group(server_pid)]} == {"0"}
         assert "0" not in _cpus(trainer.pid).replace("-", ",").split(",")
         trainer.send_signal(signal.SIGKILL)
         trainer.wait(30)
         assert trainer.returncode == -signal.SIGKILL
-        deadline = time.time() + 60  # the parent-death signal stops the server and its engine
-        while _group(server_pid) and time.time() < deadline:
+        deadline = time.time() + 60  # the parent-death signal reaches the guard, which stops the server's group
+        while (process_group(server_pid) or _alive(guard_pid)) and time.time() < deadline:
             time.sleep(0.5)
-        assert not _group(server_pid), f"orphaned server processes: {_group(server_pid)}"
+        assert not process_group(server_pid), f"orphaned server processes: {process_group(server_pid)}"
+        assert not _alive(guard_pid)
     finally:
         if trainer.poll() is None:
             trainer.kill()
@@ -102,5 +89,5 @@ def test_sigkill_mid_run_leaves_no_server_and_the_resumed_run_consumes_every_pro
     draws = [i for step in sorted(steps) for i in steps[step]]
     assert sorted(draws) == list(range(STEPS * PROMPTS)), "a prompt was lost or trained twice"
     assert draws == sorted(draws)  # consumed in the order drawn, across the resume
-    second_pid = int(re.search(r"\(pid (\d+)\)", resumed.stdout).group(1))
-    assert second_pid != server_pid and not _alive(second_pid) and not _group(second_pid)
+    second_guard = int(re.search(r"\(guard pid (\d+)\)", resumed.stdout).group(1))
+    assert second_guard != guard_pid and not _alive(second_guard) and not process_group(second_guard)

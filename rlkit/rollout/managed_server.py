@@ -2,10 +2,11 @@
 ``rollout.server_url=auto``.
 
 The main rank runs ``rlkit serve``'s command line (``serve_command``) for the policy's weights on
-a free port, in a session of its own (a Ctrl-C in the terminal reaches the trainer, which stops
-the server), with the kernel's parent-death signal set: if the trainer dies without stopping it
-(SIGKILL, a crash past ``finally``), the server gets SIGTERM and shuts its engine down, so no
-process is left behind.  ``rollout.server_cpus`` pins the server (and vLLM's CPU threads) to
+a free port, under a small guard process (rlkit/rollout/server_guard.py) in a session of its own
+(a Ctrl-C in the terminal reaches the trainer, which stops the server).  The guard has the
+kernel's parent-death signal set: if the trainer dies without stopping the server (SIGKILL, a
+crash past ``finally``), the guard gets SIGTERM, sends SIGTERM to the server's process group and
+SIGKILL to what is left of it after a grace period, so no process is left behind.  ``rollout.server_cpus`` pins the server (and vLLM's CPU threads) to
 those CPUs and leaves the others to the trainer: on a small CPU machine the two then overlap
 instead of competing (``rollout.mode`` one_step_off / async).
 """
@@ -15,6 +16,7 @@ import ctypes
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -22,6 +24,7 @@ from pathlib import Path
 from rlkit.rollout.vllm_server import RolloutServerError, _free_port, serve_command
 
 _PR_SET_PDEATHSIG = 1
+_GRACE_S = 20.0  # how long the guard waits for the server's own shutdown before SIGKILL
 
 
 def _child_setup(cpus: list[int]):
@@ -36,7 +39,7 @@ def _child_setup(cpus: list[int]):
 
 
 class ManagedServer:
-    """A running ``rlkit serve`` process; ``stop()`` ends it and its engine process."""
+    """A running ``rlkit serve`` process under its guard; ``stop()`` ends it and its engine process."""
 
     def __init__(self, process: subprocess.Popen, url: str, log_path: Path):
         self.process, self.url, self.log_path = process, url, log_path
@@ -57,7 +60,8 @@ class ManagedServer:
             env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in cpus)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "w") as log:
-            process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+            guarded = [sys.executable, "-m", "rlkit.rollout.server_guard", str(_GRACE_S), "--", *argv]
+            process = subprocess.Popen(guarded, env=env, stdout=log, stderr=subprocess.STDOUT,
                                        start_new_session=True, preexec_fn=_child_setup(cpus))
         server = cls(process, f"http://127.0.0.1:{port}", log_path)
         if cpus:
@@ -71,7 +75,7 @@ class ManagedServer:
                 raise RolloutServerError(f"the vLLM server the run started (rollout.server_url=auto) {why}; "
                                          f"its log: {log_path}")
             time.sleep(0.5)
-        print(f"rlkit: started a vLLM server for the run (pid {process.pid}) at {server.url}; log: {log_path}",
+        print(f"rlkit: started a vLLM server for the run (guard pid {process.pid}) at {server.url}; log: {log_path}",
               flush=True)
         return server
 
@@ -91,16 +95,14 @@ class ManagedServer:
         except OSError:
             return False
 
-    def stop(self, grace_s: float = 20.0) -> None:
-        """SIGTERM to the server's process group, SIGKILL after ``grace_s``; then SIGKILL to
-        whatever of the group is left (the engine process of a server that exited first)."""
+    def stop(self) -> None:
+        """SIGTERM to the guard, which stops the server's process group (SIGTERM, then SIGKILL after
+        its grace period) and exits; SIGKILL to the guard if it has not exited by then."""
         if self.process.poll() is None:
             try:
                 os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(grace_s)
-            except ProcessLookupError:
-                pass
-            except subprocess.TimeoutExpired:
+                self.process.wait(_GRACE_S + 15.0)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
         try:
             os.killpg(self.process.pid, signal.SIGKILL)
