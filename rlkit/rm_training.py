@@ -31,7 +31,6 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -284,13 +283,8 @@ def train_rm(pairs: list[dict], source: str, output: str | Path, model: str = DE
 
 
 def _save(net, tokenizer, metrics: dict, output: Path) -> None:
-    """Model, tokenizer and metrics (NaN as null) into a temporary sibling of ``output``, then renamed."""
-    tmp = output.with_name(f".tmp-{output.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    net.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    """Model, tokenizer and metrics (NaN as null), written atomically."""
+    from rlkit.models import save_atomically
+
     clean = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
-    (tmp / METRICS_FILE).write_text(json.dumps(clean, indent=2))
-    if output.exists():
-        shutil.rmtree(output)
-    tmp.rename(output)
+    save_atomically(net, tokenizer, output, {METRICS_FILE: json.dumps(clean, indent=2)})

@@ -341,3 +341,20 @@ def load_tool_rows(path: str | Path, format: str = "auto", limit: int | None = N
     kind = detect_format(records[0], path, 0) if format == "auto" else format
     make = toolrl_row if kind == "toolrl" else bfcl_row
     return [make(r, path, i) for i, r in enumerate(records)]
+
+
+_THINK = re.compile(r"^\s*<think>(.*?)</think>", re.DOTALL)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def short_think_target(row: dict, sentences: int = 1) -> str:
+    """A row's reference (``ground_truth``) with its ``<think>`` block cut to the first ``sentences``
+    sentences, the calls and response unchanged: a warm-start target (``rlkit sft --target-fn
+    rlkit.tasks.toolcall:short_think_target``) a small model can learn to finish within a short
+    generation budget.  A reference without a leading ``<think>`` block is returned as it is."""
+    reference = row["ground_truth"]
+    match = _THINK.match(reference)
+    if not match:
+        return reference
+    kept = " ".join(_SENTENCE_END.split(match.group(1).strip())[:sentences])
+    return f"<think> {kept} </think>{reference[match.end():]}"
