@@ -10,15 +10,17 @@ dotted overrides), so the same ``model.path``, the same training rows of ``data`
 rows are never trained on) and the same prompt tokens (``rlkit.data.tokenize_prompts``: chat
 template, system prompt, ``data.max_prompt_tokens`` and ``data.truncation``).  The target of each
 row is its reference answer laid out as the task's reward reads it (``reference_answer``), or what
-``--target-fn module:function`` makes of the row, then the tokenizer's end-of-sequence token; the loss covers those tokens only.  A row whose target is
-longer than ``rollout.max_new_tokens`` (the policy could never sample it) is skipped and counted.
+``--target-fn module:function`` makes of the row, then the tokenizer's end-of-sequence token; the
+loss covers those tokens only.  A row whose target is longer than ``rollout.max_new_tokens`` (the
+policy could never sample it) is skipped and counted.
 
 Training is TRL's ``SFTTrainer`` on the pre-tokenized rows (``input_ids`` and ``completion_mask``,
 completion-only loss): AdamW, linear decay from ``--lr``, the weights in ``model.dtype``, bf16
 autocast when ``model.autocast_bf16`` is on, ``model.gradient_checkpointing`` as in RL.  It trains
 all weights: a config with ``model.lora.r > 0`` is refused (the RL run may use LoRA on the result).
-The rest of the config (algorithm, rewards, rollout other than ``max_new_tokens``) is RL's own.  The output folder (model, tokenizer, ``sft_metrics.json``) is written to a temporary
-sibling and renamed when complete; point ``model.path`` at it to start RL from it.
+The rest of the config (algorithm, rewards, rollout other than ``max_new_tokens``) is RL's own.
+The output folder (model, tokenizer, ``sft_metrics.json``) is written to a temporary sibling and
+renamed when complete; point ``model.path`` at it to start RL from it.
 """
 from __future__ import annotations
 
@@ -220,7 +222,8 @@ def run_sft(cfg, output: str | Path, max_rows: int | None = None, epochs: int = 
         trainer.remove_callback(PrinterCallback)
         trainer.add_callback(_loss_lines(log, losses))
         result = trainer.train()
-    metrics = {"model": cfg.model.path, "task": cfg.data.task, "target_fn": target_fn, "rows_trained": len(examples),
+    metrics = {"model": cfg.model.path, "task": cfg.data.task, "target_fn": target_fn,
+               "rows_trained": len(examples),
                "rows_skipped": skipped, "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed,
                "train_loss": result.training_loss, "first_loss": losses[0] if losses else result.training_loss,
                "last_loss": losses[-1] if losses else result.training_loss}

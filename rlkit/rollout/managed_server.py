@@ -6,9 +6,10 @@ a free port, under a small guard process (rlkit/rollout/server_guard.py) in a se
 (a Ctrl-C in the terminal reaches the trainer, which stops the server).  The guard has the
 kernel's parent-death signal set: if the trainer dies without stopping the server (SIGKILL, a
 crash past ``finally``), the guard gets SIGTERM, sends SIGTERM to the server's process group and
-SIGKILL to what is left of it after a grace period, so no process is left behind.  ``rollout.server_cpus`` pins the server (and vLLM's CPU threads) to
-those CPUs and leaves the others to the trainer: on a small CPU machine the two then overlap
-instead of competing (``rollout.mode`` one_step_off / async).
+SIGKILL to what is left of it after a grace period, so no process is left behind.
+``rollout.server_cpus`` pins the server (and vLLM's CPU threads) to those CPUs and leaves the
+others to the trainer: on a small CPU machine the two then overlap instead of competing
+(``rollout.mode`` one_step_off / async).
 """
 from __future__ import annotations
 
