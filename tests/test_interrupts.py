@@ -86,7 +86,8 @@ def test_sigterm_checkpoints_at_a_step_boundary_and_the_resumed_run_equals_the_u
 
 
 def test_ctrl_c_ends_with_one_line_naming_the_checkpoint_and_the_resume_command(tiny_model, tmp_path):
-    proc = _start(tiny_model, tmp_path / "run", "train.save_every=1")
+    # 400 steps of about 0.03 s: the run is still going when the signal comes (14 steps could end first)
+    proc = _start(tiny_model, tmp_path / "run", "train.save_every=1", "train.steps=400")
     os.killpg(proc.pid, signal.SIGINT)  # the terminal's Ctrl-C: the trainer and its reward workers
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
