@@ -142,6 +142,13 @@ def recompute_activations(model):
                 setattr(layer, k, v)
 
 
+def may_replace(output: Path, marker_file: str) -> bool:
+    """Whether ``save_atomically`` may write ``output``: it does not exist, or is an empty folder, or
+    holds ``marker_file`` (an earlier output of the same command, which it replaces)."""
+    output = Path(output)
+    return not output.exists() or (output.is_dir() and (not any(output.iterdir()) or (output / marker_file).is_file()))
+
+
 def save_atomically(model, tokenizer, output: Path, extra_files: dict[str, str] | None = None) -> None:
     """``save_pretrained`` of ``model`` and ``tokenizer`` plus ``extra_files`` (name: text) into a
     temporary sibling of ``output``, renamed to ``output`` when complete: a crash leaves the old

@@ -94,9 +94,10 @@ def check_settings(args: argparse.Namespace) -> None:
         raise TrainRMError(f"--max-length must be >= 2 tokens, got {args.max_length}")
     if not 0 <= args.eval_fraction < 1:
         raise TrainRMError(f"--eval-fraction must be in [0, 1), got {args.eval_fraction}")
-    output = Path(args.output)
-    if output.exists() and not (output.is_dir() and (not any(output.iterdir()) or (output / METRICS_FILE).is_file())):
-        raise TrainRMError(f"--output {output} exists and is not an earlier train-rm output; choose a new folder")
+    from rlkit.models import may_replace
+
+    if not may_replace(Path(args.output), METRICS_FILE):
+        raise TrainRMError(f"--output {args.output} exists and is not an earlier train-rm output; choose a new folder")
 
 
 def _messages(value: Any) -> list[dict] | None:

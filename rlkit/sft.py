@@ -91,9 +91,10 @@ def check_options(args: argparse.Namespace) -> None:
         raise SFTError("--target-fn and --target-column both name the target; give one")
     if args.target_fn:
         target_function(args.target_fn)
-    output = Path(args.output)
-    if output.exists() and not (output.is_dir() and (not any(output.iterdir()) or (output / METRICS_FILE).is_file())):
-        raise SFTError(f"--output {output} exists and is not an earlier sft output; choose a new folder")
+    from rlkit.models import may_replace
+
+    if not may_replace(Path(args.output), METRICS_FILE):
+        raise SFTError(f"--output {args.output} exists and is not an earlier sft output; choose a new folder")
 
 
 def reference_answer(row: dict, task: str, target_column: str | None, index: int) -> str:

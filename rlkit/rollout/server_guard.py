@@ -26,16 +26,16 @@ def _kill_group(pgid: int, sig: int) -> None:
         pass
 
 
-def _stop(server: subprocess.Popen, grace_s: float) -> int:
+def _stop(server: subprocess.Popen, grace_s: float) -> None:
     _kill_group(server.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while server.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
     _kill_group(server.pid, signal.SIGKILL)  # the group: the server and its engine processes
     try:
-        return server.wait(10.0)
+        server.wait(10.0)
     except subprocess.TimeoutExpired:
-        return -signal.SIGKILL
+        pass
 
 
 def main(argv: list[str]) -> int:
