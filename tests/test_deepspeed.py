@@ -62,7 +62,8 @@ def test_batch_whitening_over_two_ranks_matches_one_process(advantage, tiny_mode
     assert result["checksum"] == pytest.approx(single["checksum"], rel=1e-6)
 
 
-@pytest.mark.parametrize("stage,extra", [(2, []), (3, []), (3, ["--idle-rank"]),
+# zero3 runs in the slow suite (keeps `make test` under 10 minutes); zero3-idle-rank covers ZeRO-3 here
+@pytest.mark.parametrize("stage,extra", [(2, []), pytest.param(3, [], marks=pytest.mark.slow), (3, ["--idle-rank"]),
                                          pytest.param(3, ["--gc"], marks=pytest.mark.slow)],
                          ids=["zero2", "zero3", "zero3-idle-rank", "zero3-gradient-checkpointing"])
 def test_two_ranks_match_the_single_backend(stage, extra, tiny_model, single_result, tmp_path):
